@@ -1,0 +1,553 @@
+//! The TOML configuration file: parsing, validation and the typed settings the rest of cairn reads.
+//!
+//! Every mistake is reported as one [`ConfigError`] naming the file, the line and the key, so
+//! `cairn check` and `cairn run` can print a single line an operator can act on.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+pub use crate::balance::Balance;
+
+/// The whole configuration of one cairn process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How to reach etcd and where the registry lives in it.
+    pub etcd: EtcdConfig,
+    /// The admin HTTP endpoint.
+    pub admin: AdminConfig,
+    /// One local listener per service applications dial.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The `[etcd]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members; they share one balanced channel.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the registry; always ends with `/`.
+    pub prefix: String,
+    /// How long one connection attempt to a member may take.
+    pub dial_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "/services/".to_string(),
+            dial_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where `/healthz`, `/readyz`, `/services` and `/metrics` are served.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+/// How a listener speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Bytes are relayed; one instance is picked per connection.
+    Tcp,
+}
+
+impl Protocol {
+    /// The name used in config files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// One `[[service]]` block: a local port forwarding to a registered service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The service name, as it appears in registry keys.
+    pub name: String,
+    /// The local address applications dial.
+    pub listen: SocketAddr,
+    /// The protocol spoken on `listen`.
+    pub protocol: Protocol,
+    /// The picking policy.
+    pub balance: Balance,
+    /// How long a connect to one instance may take before another is tried.
+    pub connect_timeout: Duration,
+    /// How many other instances are tried when a connect fails.
+    pub retries: u32,
+}
+
+/// A configuration mistake, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that holds the mistake.
+    pub path: PathBuf,
+    /// 1-based line of the mistake, when it can be located.
+    pub line: Option<usize>,
+    /// The dotted key at fault, such as `service[1].listen`, when known.
+    pub key: Option<String>,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when the file cannot be read, is not valid TOML, has unknown keys or
+    /// values of the wrong kind, or breaks a rule checked across blocks (duplicate names, ports).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let located = Locator { text, path };
+        let de = toml::Deserializer::parse(text).map_err(|e| located.toml_error(&e, None))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            located.toml_error(e.inner(), key)
+        })?;
+        raw.validate(&located)
+    }
+}
+
+/// Turns byte offsets into line numbers for error messages.
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: span.map(|s| self.line_of(s.start)),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: e.span().map(|s| self.line_of(s.start)),
+            key,
+            message: e.message().trim().to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    etcd: RawEtcd,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Option<Spanned<Vec<String>>>,
+    prefix: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "duration")]
+    dial_timeout: Option<Spanned<Duration>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default, deserialize_with = "socket_addr")]
+    listen: Option<Spanned<SocketAddr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    #[serde(deserialize_with = "required_socket_addr")]
+    listen: Spanned<SocketAddr>,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+    #[serde(default)]
+    balance: Option<Balance>,
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Spanned<Duration>>,
+    #[serde(default)]
+    retries: Option<u32>,
+}
+
+/// The most instances a connection may try: the first pick plus this many retries. Beyond a
+/// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
+const MAX_RETRIES: u32 = 16;
+
+impl RawConfig {
+    fn validate(self, at: &Locator<'_>) -> Result<Config, ConfigError> {
+        let etcd = self.etcd.validate(at)?;
+        let admin = AdminConfig {
+            listen: self
+                .admin
+                .listen
+                .map(Spanned::into_inner)
+                .unwrap_or_else(|| AdminConfig::default().listen),
+        };
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut listens: HashMap<SocketAddr, (String, usize)> = HashMap::new();
+        listens.insert(admin.listen, ("[admin]".to_string(), 0));
+        let mut services = Vec::with_capacity(self.services.len());
+        for (i, raw) in self.services.iter().enumerate() {
+            let key = |field: &str| format!("service[{i}].{field}");
+            let name = raw.name.get_ref();
+            check_service_name(name)
+                .map_err(|m| at.error(Some(raw.name.span()), &key("name"), m))?;
+            let line = at.line_of(raw.name.span().start);
+            if let Some(first) = names.insert(name, line) {
+                return Err(at.error(
+                    Some(raw.name.span()),
+                    &key("name"),
+                    format!("duplicate service name \"{name}\" (first defined at line {first})"),
+                ));
+            }
+            let listen = *raw.listen.get_ref();
+            if let Some((owner, line)) = listens.get(&listen) {
+                let owner = if *line == 0 {
+                    owner.clone()
+                } else {
+                    format!("{owner} at line {line}")
+                };
+                return Err(at.error(
+                    Some(raw.listen.span()),
+                    &key("listen"),
+                    format!("listen address {listen} is already used by {owner}"),
+                ));
+            }
+            listens.insert(listen, (format!("service \"{name}\""), line));
+            let connect_timeout =
+                positive(raw.connect_timeout.as_ref(), at, &key("connect_timeout"))?
+                    .unwrap_or(Duration::from_secs(1));
+            let retries = raw.retries.unwrap_or(2);
+            if retries > MAX_RETRIES {
+                return Err(at.error(
+                    Some(raw.name.span()),
+                    &key("retries"),
+                    format!("retries = {retries} is more than the allowed {MAX_RETRIES}"),
+                ));
+            }
+            services.push(ServiceConfig {
+                name: name.clone(),
+                listen,
+                protocol: raw.protocol.unwrap_or(Protocol::Tcp),
+                balance: raw.balance.unwrap_or(Balance::RoundRobin),
+                connect_timeout,
+                retries,
+            });
+        }
+        Ok(Config {
+            etcd,
+            admin,
+            services,
+        })
+    }
+}
+
+impl RawEtcd {
+    fn validate(self, at: &Locator<'_>) -> Result<EtcdConfig, ConfigError> {
+        let defaults = EtcdConfig::default();
+        let endpoints = match self.endpoints {
+            None => defaults.endpoints,
+            Some(eps) => {
+                let span = eps.span();
+                let eps = eps.into_inner();
+                if eps.is_empty() {
+                    return Err(at.error(
+                        Some(span),
+                        "etcd.endpoints",
+                        "needs at least one URL".to_string(),
+                    ));
+                }
+                for ep in &eps {
+                    check_endpoint(ep)
+                        .map_err(|m| at.error(Some(span.clone()), "etcd.endpoints", m))?;
+                }
+                eps
+            }
+        };
+        let prefix = match self.prefix {
+            None => defaults.prefix,
+            Some(p) => {
+                let span = p.span();
+                let p = p.into_inner();
+                if !p.ends_with('/') || p.len() < 2 {
+                    return Err(at.error(
+                        Some(span),
+                        "etcd.prefix",
+                        format!("prefix \"{p}\" must be non-empty and end with '/', like \"/services/\""),
+                    ));
+                }
+                p
+            }
+        };
+        let dial_timeout = positive(self.dial_timeout.as_ref(), at, "etcd.dial_timeout")?
+            .unwrap_or(defaults.dial_timeout);
+        Ok(EtcdConfig {
+            endpoints,
+            prefix,
+            dial_timeout,
+        })
+    }
+}
+
+/// Checks that a service name can be a registry key segment and a Host label.
+pub(crate) fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("service name is empty".to_string());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        return Err(format!(
+            "service name \"{name}\" contains {c:?}, which cannot appear in a registry key segment"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that an etcd endpoint is an `http://host:port` or `https://host:port` URL.
+pub(crate) fn check_endpoint(ep: &str) -> Result<(), String> {
+    let rest = ep
+        .strip_prefix("http://")
+        .or_else(|| ep.strip_prefix("https://"))
+        .ok_or_else(|| format!("endpoint \"{ep}\" must start with http:// or https://"))?;
+    let authority = rest.trim_end_matches('/');
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "endpoint \"{ep}\" must name a host and a port, like http://127.0.0.1:2379"
+        )),
+    }
+}
+
+fn positive(
+    value: Option<&Spanned<Duration>>,
+    at: &Locator<'_>,
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(d) if d.get_ref().is_zero() => {
+            Err(at.error(Some(d.span()), key, "must be longer than zero".to_string()))
+        }
+        Some(d) => Ok(Some(*d.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// Parses a human duration such as `"1s"`, `"250ms"` or `"1m 30s"`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration \"{s}\": {e} (use e.g. \"500ms\", \"5s\", \"1m\")"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<Duration>>, D::Error> {
+    let s = Spanned::<String>::deserialize(d)?;
+    let span = s.span();
+    let value = parse_duration(s.get_ref()).map_err(serde::de::Error::custom)?;
+    Ok(Some(Spanned::new(span, value)))
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "invalid address \"{s}\": expected IP:port, like \"127.0.0.1:7001\" or \"[::1]:7001\""
+        )
+    })
+}
+
+fn required_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<SocketAddr>, D::Error> {
+    let s = Spanned::<String>::deserialize(d)?;
+    let span = s.span();
+    let addr = parse_socket_addr(s.get_ref()).map_err(serde::de::Error::custom)?;
+    Ok(Spanned::new(span, addr))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<SocketAddr>>, D::Error> {
+    required_socket_addr(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("cairn.toml"))
+    }
+
+    #[test]
+    fn defaults_apply_to_a_minimal_file() {
+        let c = parse("[[service]]\nname = \"orders\"\nlisten = \"127.0.0.1:7001\"\n").unwrap();
+        assert_eq!(c.etcd, EtcdConfig::default());
+        assert_eq!(c.admin, AdminConfig::default());
+        let s = &c.services[0];
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.retries, 2);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../config/cairn.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.services[0].name, "orders");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ntimeout = \"5s\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_service_names_the_block() {
+        let e =
+            parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.to_string().contains("service[0]"), "{e}");
+        assert!(e.message.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let e = parse("[etcd]\n\ndial_timeout = \"5 parsecs\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key.as_deref(), Some("etcd.dial_timeout"), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_line() {
+        let e = parse("[[service]]\nname = \"a\"\nlisten = \"localhost:99999\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key.as_deref(), Some("service[0].listen"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_listens_are_rejected() {
+        let dup_name = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:2\"\n";
+        let e = parse(dup_name).unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.message
+                .contains("duplicate service name \"a\" (first defined at line 2)"),
+            "{e}"
+        );
+
+        let dup_listen = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = parse(dup_listen).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(
+            e.message
+                .contains("already used by service \"a\" at line 2"),
+            "{e}"
+        );
+
+        let admin_clash = "[admin]\nlisten = \"127.0.0.1:9\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:9\"\n";
+        let e = parse(admin_clash).unwrap_err();
+        assert!(e.message.contains("[admin]"), "{e}");
+    }
+
+    #[test]
+    fn bad_enums_endpoints_and_prefix_are_rejected() {
+        let e =
+            parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbalance = \"fastest\"\n")
+                .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("fastest"), "{e}");
+        let e = parse("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n").unwrap_err();
+        assert!(e.message.contains("http://"), "{e}");
+        let e = parse("[etcd]\nendpoints = []\n").unwrap_err();
+        assert!(e.message.contains("at least one"), "{e}");
+        let e = parse("[etcd]\nprefix = \"/services\"\n").unwrap_err();
+        assert!(e.message.contains("end with '/'"), "{e}");
+        let e = parse("[[service]]\nname = \"a/b\"\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.message.contains("'/'"), "{e}");
+        let e = parse(
+            "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nconnect_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("longer than zero"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_reported() {
+        let e = parse("[[service]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `listen`"), "{e}");
+    }
+
+    #[test]
+    fn invalid_toml_is_located() {
+        let e = parse("[etcd\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+}

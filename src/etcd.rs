@@ -1,0 +1,61 @@
+//! Connecting to etcd with the options every cairn task relies on.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::config::EtcdConfig;
+
+/// Watch and list responses may carry a large catch-up batch; the client's 4 MiB default would
+/// break the stream on one. etcd caps one request at 1.5 MiB, so 64 MiB holds dozens of them.
+pub(crate) const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
+
+/// HTTP/2 pings find a dead member while a stream is open. etcd refuses pings more often than
+/// every 5 s, so ping every 10 s and give up after 5 s without an answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds the wait for a unary call's response headers; streams are not affected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a client for `config`'s endpoints.
+///
+/// The channel connects lazily, so this succeeds while etcd is down; calls fail until a member
+/// answers. Every call carries require-leader, so a member cut off from its quorum answers
+/// "no leader" instead of serving a frozen view.
+///
+/// # Errors
+/// When an endpoint URL cannot be used at all.
+pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(config.dial_timeout)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_require_leader(true);
+    Client::connect(&config.endpoints, Some(options)).await
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: the range runs to the end of the keyspace.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix_range() {
+        assert_eq!(prefix_end(b"/services/"), b"/services0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+}

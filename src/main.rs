@@ -1,0 +1,67 @@
+//! The `cairn` binary: parses the command line, sets up logging and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cairn::cli::{Cli, Command};
+use cairn::{Config, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                let n = c.services.len();
+                let plural = if n == 1 { "" } else { "s" };
+                println!("{}: ok ({n} service{plural})", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Run {
+            config,
+            shutdown_grace,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            block_on(async move {
+                let shutdown = cairn::shutdown::on_signal();
+                Server::bind(config)
+                    .await?
+                    .run(shutdown, shutdown_grace)
+                    .await
+            })
+        }
+        Command::Dev => block_on(async {
+            let shutdown = cairn::shutdown::on_signal();
+            cairn::dev::run(shutdown).await
+        }),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), cairn::Error>>>(fut: F) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}

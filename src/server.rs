@@ -1,0 +1,183 @@
+//! One cairn process: binds every listener, starts discovery, and shuts down in order.
+//!
+//! Shutdown order: stop accepting, drain open connections within the grace period (then cut the
+//! rest, with a warning), then stop the background tasks (discovery, admin).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::config::{Config, Protocol, ServiceConfig};
+use crate::discovery::Discovery;
+use crate::error::Error;
+use crate::proxy::tcp::TcpProxy;
+use crate::proxy::EveryOnce;
+use crate::snapshot::{Store, StoreWriter};
+use crate::stats::Stats;
+
+/// Open connections a listener serves at once; more wait in the accept backlog. High enough for
+/// any legacy application on one node, low enough to stay within a default descriptor limit of
+/// a few thousand per listener pair.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// A cairn process with every socket bound, ready to run.
+pub struct Server {
+    /// The validated configuration.
+    config: Config,
+    /// The admin listener.
+    admin: TcpListener,
+    /// One bound listener per `[[service]]`, in config order.
+    listeners: Vec<(ServiceConfig, TcpListener)>,
+    /// The snapshots every listener reads.
+    store: Arc<Store>,
+    /// Counters for `/metrics`.
+    stats: Arc<Stats>,
+}
+
+impl Server {
+    /// Binds the admin endpoint and every service listener.
+    ///
+    /// Binding before running means a port already in use stops cairn at start with a clear
+    /// error instead of leaving a listener silently missing.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the listener whose address could not be bound.
+    pub async fn bind(config: Config) -> Result<Server, Error> {
+        let admin = bind(config.admin.listen, "[admin]").await?;
+        let mut listeners = Vec::with_capacity(config.services.len());
+        for service in &config.services {
+            let what = format!("service \"{}\"", service.name);
+            let listener = bind(service.listen, &what).await?;
+            if !service.listen.ip().is_loopback() {
+                warn!(service = %service.name, listen = %service.listen, "listening on a non-loopback address: other hosts can reach this port");
+            }
+            listeners.push((service.clone(), listener));
+        }
+        Ok(Server {
+            config,
+            admin,
+            listeners,
+            store: Store::new(),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The bound admin address (useful when the config asked for port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// Each service's bound listen address, in config order.
+    pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|(s, l)| {
+                let addr = l
+                    .local_addr()
+                    .expect("a bound listener has a local address");
+                (s.name.clone(), addr)
+            })
+            .collect()
+    }
+
+    /// The snapshot store the listeners read.
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Runs until `shutdown` fires, then drains open connections for at most `grace`.
+    ///
+    /// # Errors
+    /// When the etcd client cannot be built from the configured endpoints.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), Error> {
+        let client = crate::etcd::connect(&self.config.etcd).await?;
+        // Background tasks outlive the listeners so the drain still routes with fresh snapshots.
+        let background = CancellationToken::new();
+        // Fires when the grace period is over and remaining connections must be cut.
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let discovery = Discovery::new(
+            client.clone(),
+            &self.config.etcd.prefix,
+            StoreWriter::new(Arc::clone(&self.store)),
+            Arc::clone(&self.stats.discovery),
+        )
+        .spawn(background.clone());
+
+        let admin = Arc::new(Admin {
+            store: Arc::clone(&self.store),
+            stats: Arc::clone(&self.stats),
+            draining: shutdown.clone(),
+        });
+        let admin_addr = self.admin_addr();
+        let admin_task = tokio::spawn(admin.run(self.admin, background.clone()));
+        info!(admin = %admin_addr, endpoints = ?self.config.etcd.endpoints, prefix = %self.config.etcd.prefix, "cairn started");
+
+        let mut accepting = Vec::with_capacity(self.listeners.len());
+        for (service, listener) in self.listeners {
+            let listen = listener
+                .local_addr()
+                .expect("a bound listener has a local address");
+            let stats = self.stats.listener(&listen.to_string(), &service.name);
+            let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            info!(service = %service.name, %listen, protocol = service.protocol.as_str(), "listening");
+            match service.protocol {
+                Protocol::Tcp => {
+                    let proxy = Arc::new(TcpProxy {
+                        cell: self.store.cell(&service.name),
+                        service: service.name,
+                        balance: service.balance,
+                        connect_timeout: service.connect_timeout,
+                        retries: service.retries,
+                        stats,
+                        warn_limit: EveryOnce::new(),
+                    });
+                    accepting.push(tokio::spawn(proxy.run(
+                        listener,
+                        limit,
+                        tracker.clone(),
+                        shutdown.clone(),
+                        abort.clone(),
+                    )));
+                }
+            }
+        }
+
+        shutdown.cancelled().await;
+        for task in accepting {
+            let _ = task.await;
+        }
+        tracker.close();
+        if !tracker.is_empty() {
+            info!(open = tracker.len(), grace = ?grace, "stopped accepting, draining open connections");
+        }
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(open = tracker.len(), grace = ?grace, "grace period over, closing the remaining connections");
+            abort.cancel();
+            tracker.wait().await;
+        }
+        background.cancel();
+        let _ = discovery.await;
+        let _ = admin_task.await;
+        info!("cairn stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        what: what.to_string(),
+        addr,
+        source,
+    })
+}

@@ -1,0 +1,31 @@
+//! The root shutdown signal: SIGINT or SIGTERM cancels one token every task watches.
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// A token cancelled on the first SIGINT or SIGTERM. A second signal exits at once, for an
+/// operator who does not want to wait for the drain.
+///
+/// # Panics
+/// If signal handlers cannot be installed, which only happens outside a Tokio runtime.
+pub fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+        }
+        cancel.cancel();
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        error!("second signal received, exiting without draining");
+        std::process::exit(130);
+    });
+    token
+}

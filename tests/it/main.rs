@@ -1,0 +1,8 @@
+//! cairn's integration tests: one binary, real etcd, real sockets, real cairn processes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod check;
+mod discovery;
+mod tcp;

@@ -1,0 +1,249 @@
+//! The TCP data plane through a real cairn process: balancing, failover, half-close, shutdown.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::cairn::{addrs, config, Cairn};
+use crate::support::etcd::Etcd;
+use crate::support::upstream::{echo_after_half_close, greeting, Tagged};
+use crate::support::{eventually, free_port};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// Starts etcd, `n` tagged upstreams registered as `svc/<name>`, and cairn with `extra` service
+/// keys; waits until cairn sees all of them.
+async fn setup(n: usize, extra: &str) -> (Etcd, Vec<Tagged>, Cairn, std::net::SocketAddr) {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let mut ups = Vec::new();
+    for i in 0..n {
+        let up = Tagged::start(&format!("u{i}")).await;
+        kv.put(format!("/services/svc/u{i}"), up.addr.to_string(), None)
+            .await
+            .unwrap();
+        ups.push(up);
+    }
+    let (admin, listens) = addrs(1);
+    let cairn = Cairn::start(
+        &config(&etcd.endpoint(), admin, &[("svc", listens[0])], extra),
+        admin,
+    )
+    .await;
+    let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let ids: Vec<&str> = names.iter().map(String::as_str).collect();
+    cairn.wait_instances("svc", &ids, SOON).await;
+    (etcd, ups, cairn, listens[0])
+}
+
+#[tokio::test]
+async fn round_robin_is_exact_over_n_connections() {
+    let (_etcd, _ups, _cairn, listen) = setup(3, "").await;
+    let mut order = Vec::new();
+    for _ in 0..30 {
+        order.push(greeting(listen).await.expect("a greeting"));
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for name in &order {
+        *counts.entry(name.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{order:?}");
+    assert!(counts.values().all(|c| *c == 10), "{counts:?}");
+    // A strict cycle: each window of three has every instance once.
+    for w in order.chunks(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, ["u0", "u1", "u2"], "{order:?}");
+    }
+}
+
+#[tokio::test]
+async fn random_is_roughly_uniform() {
+    let (_etcd, _ups, _cairn, listen) = setup(3, "balance = \"random\"").await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..600 {
+        *counts
+            .entry(greeting(listen).await.expect("a greeting"))
+            .or_default() += 1;
+    }
+    // Each expects 200 with a standard deviation of about 11.5; 140..260 is over five of them.
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|c| (140..=260).contains(c)),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_fails_over_without_the_client_noticing() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let live = Tagged::start("live").await;
+    // A port nobody listens on: connects are refused.
+    let dead = format!("127.0.0.1:{}", free_port());
+    kv.put("/services/f/a-dead", dead, None).await.unwrap();
+    kv.put("/services/f/b-live", live.addr.to_string(), None)
+        .await
+        .unwrap();
+    let (admin, listens) = addrs(1);
+    let cairn = Cairn::start(
+        &config(&etcd.endpoint(), admin, &[("f", listens[0])], ""),
+        admin,
+    )
+    .await;
+    cairn.wait_instances("f", &["a-dead", "b-live"], SOON).await;
+    for i in 0..20 {
+        assert_eq!(
+            greeting(listens[0]).await.as_deref(),
+            Some("live"),
+            "connection {i} was lost"
+        );
+    }
+    let series = format!(
+        "cairn_listener_connect_failures_total{{listen=\"{}\",service=\"f\"}}",
+        listens[0]
+    );
+    assert_eq!(
+        cairn.metric(&series).await,
+        10.0,
+        "every other first pick is the dead instance"
+    );
+
+    // With retries = 0 the client sees the failure as a closed connection.
+    let (admin2, listens2) = addrs(1);
+    let strict = Cairn::start(
+        &config(
+            &etcd.endpoint(),
+            admin2,
+            &[("f", listens2[0])],
+            "retries = 0",
+        ),
+        admin2,
+    )
+    .await;
+    strict
+        .wait_instances("f", &["a-dead", "b-live"], SOON)
+        .await;
+    let got: Vec<Option<String>> = futures_seq(4, || greeting(listens2[0])).await;
+    assert_eq!(got.iter().filter(|g| g.is_none()).count(), 2, "{got:?}");
+}
+
+async fn futures_seq<F, Fut, T>(n: usize, mut f: F) -> Vec<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(f().await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_service_without_instances_closes_connections_at_once() {
+    let etcd = Etcd::start().await;
+    let (admin, listens) = addrs(1);
+    let cairn = Cairn::start(
+        &config(&etcd.endpoint(), admin, &[("empty", listens[0])], ""),
+        admin,
+    )
+    .await;
+    cairn.wait_ready().await;
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_eq!(greeting(listens[0]).await, None);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "closing took {:?}",
+            start.elapsed()
+        );
+    }
+    let series = format!(
+        "cairn_listener_no_instances_total{{listen=\"{}\",service=\"empty\"}}",
+        listens[0]
+    );
+    assert_eq!(cairn.metric(&series).await, 3.0);
+}
+
+#[tokio::test]
+async fn a_half_closed_client_still_gets_the_whole_reply() {
+    let (_etcd, _ups, _cairn, listen) = setup(1, "").await;
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = echo_after_half_close(listen, &payload).await;
+    assert_eq!(&reply[..3], b"u0\n");
+    assert_eq!(reply.len(), 3 + payload.len());
+    assert!(reply[3..] == payload[..], "the echoed bytes differ");
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
+    let (_etcd, _ups, mut cairn, listen) = setup(1, "").await;
+    let stream = TcpStream::connect(listen).await.unwrap();
+    let mut open = BufReader::new(stream);
+    let mut line = String::new();
+    open.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "u0\n");
+
+    cairn.signal("TERM");
+    eventually(SOON, "the listener stops accepting", || async {
+        TcpStream::connect(listen).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(
+        cairn.try_wait(),
+        None,
+        "cairn exited with a connection still open"
+    );
+    // The open connection still relays both ways.
+    open.get_mut().write_all(b"still here\n").await.unwrap();
+    line.clear();
+    open.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "still here\n");
+    drop(open);
+    let status = cairn.wait_exit(SOON).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn the_grace_period_bounds_the_drain() {
+    let etcd = Etcd::start().await;
+    let up = Tagged::start("u0").await;
+    etcd.client()
+        .await
+        .put("/services/svc/u0", up.addr.to_string(), None)
+        .await
+        .unwrap();
+    let (admin, listens) = addrs(1);
+    let mut cairn = Cairn::start_with_args(
+        &config(&etcd.endpoint(), admin, &[("svc", listens[0])], ""),
+        admin,
+        &["--shutdown-grace", "500ms"],
+    )
+    .await;
+    cairn.wait_instances("svc", &["u0"], SOON).await;
+    let _idle = TcpStream::connect(listens[0]).await.unwrap();
+    eventually(SOON, "the connection is open", || async {
+        (cairn
+            .metric(&format!(
+                "cairn_listener_active{{listen=\"{}\",service=\"svc\"}}",
+                listens[0]
+            ))
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let start = Instant::now();
+    cairn.signal("TERM");
+    let status = cairn.wait_exit(SOON).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        start.elapsed()
+    );
+    assert!(cairn.log().contains("grace period over"), "{}", cairn.log());
+}

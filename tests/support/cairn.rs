@@ -1,0 +1,265 @@
+//! A real `cairn` process, driven through its command line and admin endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{eventually, free_port, tail};
+
+/// The path of the `cairn` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// A running `cairn run` process with its config file and log.
+pub struct Cairn {
+    dir: TempDir,
+    child: Option<Child>,
+    /// The admin address from the config.
+    pub admin: SocketAddr,
+}
+
+impl Cairn {
+    /// Writes `config` (which must set `[admin] listen` to `admin`) and runs cairn with it,
+    /// waiting until `/healthz` answers.
+    pub async fn start(config: &str, admin: SocketAddr) -> Cairn {
+        Cairn::start_with_args(config, admin, &[]).await
+    }
+
+    /// As [`Cairn::start`], with extra arguments to `cairn run`.
+    pub async fn start_with_args(config: &str, admin: SocketAddr, args: &[&str]) -> Cairn {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir()
+            .expect("creating a temp dir for cairn");
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(&path, config).expect("writing the config");
+        let log = std::fs::File::create(dir.path().join("cairn.log")).expect("creating the log");
+        let child = Command::new(bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .args(args)
+            .env("RUST_LOG", "cairn=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                log.try_clone().expect("duplicating the log handle"),
+            ))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning cairn");
+        let mut cairn = Cairn {
+            dir,
+            child: Some(child),
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = cairn.try_wait() {
+                panic!(
+                    "cairn exited at start with {status}; its log:\n{}",
+                    cairn.log()
+                );
+            }
+            if let Ok((200, _)) = http_get(admin, "/healthz").await {
+                return cairn;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn did not serve /healthz; its log:\n{}",
+                cairn.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("cairn is running").id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"STOP"`, `"CONT"`, `"KILL"`, …) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "cairn did not exit within {deadline:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("cairn.log")
+    }
+
+    /// The directory holding the config and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `GET path` on the admin endpoint: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin endpoint failed: {e}"))
+    }
+
+    /// The `/services` document.
+    pub async fn services(&self) -> Value {
+        let (status, body) = self.get("/services").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/services is JSON")
+    }
+
+    /// The instances of `service` as `(id, addr)`, sorted by id.
+    pub async fn instances(&self, service: &str) -> Vec<(String, String)> {
+        let doc = self.services().await;
+        doc["services"][service]["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        (
+                            i["id"].as_str().unwrap_or_default().to_string(),
+                            i["addr"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `service` has exactly the instance ids `ids`.
+    pub async fn wait_instances(&self, service: &str, ids: &[&str], deadline: Duration) {
+        let want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        eventually(
+            deadline,
+            &format!("{service} has instances {want:?}"),
+            || async {
+                let have: Vec<String> = self
+                    .instances(service)
+                    .await
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                (have == want).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The value of one metric line (name plus labels, exactly as printed).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {series} not found in:\n{body}"))
+            .trim()
+            .parse()
+            .expect("metric values are numbers")
+    }
+
+    /// Waits until `/readyz` is 200.
+    pub async fn wait_ready(&self) {
+        eventually(Duration::from_secs(10), "cairn is ready", || async {
+            (self.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for Cairn {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- cairn log ---\n{}", tail(&self.log_path(), 60));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cairn\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "admin did not answer"))??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad response: {head}"),
+            )
+        })?;
+    Ok((status, body.to_string()))
+}
+
+/// Free loopback addresses for an admin endpoint and `n` listeners.
+pub fn addrs(n: usize) -> (SocketAddr, Vec<SocketAddr>) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listens = (0..n)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    (admin, listens)
+}
+
+/// A config with `[etcd]`, `[admin]` and one TCP `[[service]]` per `(name, listen)`, plus `extra`
+/// lines appended to each service block.
+pub fn config(
+    endpoint: &str,
+    admin: SocketAddr,
+    services: &[(&str, SocketAddr)],
+    extra: &str,
+) -> String {
+    let mut c = format!("[etcd]\nendpoints = [\"{endpoint}\"]\n\n[admin]\nlisten = \"{admin}\"\n");
+    for (name, listen) in services {
+        c.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\n{extra}\n"
+        ));
+    }
+    c
+}
