@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::registry::Addr;
-use crate::snapshot::{Instance, Pick, ServiceCell};
+use crate::snapshot::{Pick, ServiceCell};
 use crate::stats::ListenerStats;
 
 /// Dials `addr` with TCP_NODELAY set, giving up after `timeout`.
@@ -24,7 +24,7 @@ pub(crate) async fn dial(addr: &Addr, timeout: Duration) -> io::Result<TcpStream
     let connect = async {
         match addr {
             Addr::Ip(sa) => TcpStream::connect(*sa).await,
-            Addr::Host { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+            Addr::Host { host, port } => TcpStream::connect((&**host, *port)).await,
         }
     };
     let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
@@ -53,7 +53,7 @@ pub(crate) enum Unreachable {
     },
 }
 
-/// Picks an instance of `cell` and connects to it, trying up to `retries` other instances when a
+/// Connects to the picked instance, trying up to `retries` other instances of `cell` when a
 /// connect fails. Nothing has been sent when a connect fails, so the client never notices.
 pub(crate) async fn connect_with_failover(
     cell: &ServiceCell,
@@ -63,31 +63,31 @@ pub(crate) async fn connect_with_failover(
     stats: &ListenerStats,
     warn_limit: &EveryOnce,
     service: &str,
-) -> Result<(TcpStream, Arc<Instance>), Unreachable> {
+) -> Result<(TcpStream, Addr), Unreachable> {
     let attempts = pick.candidates.min(retries as usize + 1);
-    let mut instance = pick.instance;
+    let mut addr = pick.addr;
     let mut attempt = 0;
     loop {
-        match dial(&instance.endpoint.addr, timeout).await {
-            Ok(stream) => return Ok((stream, instance)),
+        match dial(&addr, timeout).await {
+            Ok(stream) => return Ok((stream, addr)),
             Err(error) => {
                 ListenerStats::bump(&stats.connect_failures);
                 if warn_limit.allow() {
-                    warn!(service, instance = %instance.id, addr = %instance.endpoint.addr, error = %error, "connect to instance failed");
+                    warn!(service, %addr, error = %error, "connect to instance failed");
                 } else {
-                    debug!(service, instance = %instance.id, addr = %instance.endpoint.addr, error = %error, "connect to instance failed");
+                    debug!(service, %addr, error = %error, "connect to instance failed");
                 }
                 attempt += 1;
                 if attempt >= attempts {
                     ListenerStats::bump(&stats.exhausted);
                     return Err(Unreachable::Exhausted {
                         attempts,
-                        addr: instance.endpoint.addr.to_string(),
+                        addr: addr.to_string(),
                         error,
                     });
                 }
                 match cell.retry(pick.start, attempt) {
-                    Some(next) => instance = next,
+                    Some(next) => addr = next,
                     None => return Err(Unreachable::NoInstances),
                 }
             }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -57,14 +58,17 @@ impl FromStr for Format {
 }
 
 /// A dialable instance address: an IP socket address, or a hostname resolved at connect time.
+///
+/// Cloning is a copy for IP addresses and one reference-count step for hostnames, so the data
+/// plane can carry an address across a connect without touching the snapshot again.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {
     /// An IPv4 or IPv6 address with its port; dialed without any lookup.
     Ip(SocketAddr),
     /// A DNS name with its port.
     Host {
-        /// The hostname, validated as DNS labels.
-        host: String,
+        /// The hostname, validated as DNS labels, lowercase.
+        host: Arc<str>,
         /// The port, never 0.
         port: u16,
     },
@@ -122,7 +126,7 @@ impl FromStr for Addr {
         }
         check_hostname(host).map_err(|why| format!("address \"{s}\": {why}"))?;
         Ok(Addr::Host {
-            host: host.to_ascii_lowercase(),
+            host: host.to_ascii_lowercase().into(),
             port,
         })
     }

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 
 use crate::balance::Balance;
 use crate::discovery::{Change, Sink, Update};
-use crate::registry::Endpoint;
+use crate::registry::{Addr, Endpoint};
 
 /// One registered instance of a service.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,9 @@ pub struct Instance {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     instances: Box<[Arc<Instance>]>,
+    /// The instances' addresses, in the same order, side by side so a pick reads one cache line
+    /// instead of chasing a pointer per instance.
+    addrs: Box<[Addr]>,
 }
 
 impl Snapshot {
@@ -36,6 +39,7 @@ impl Snapshot {
     pub fn new(mut instances: Vec<Instance>) -> Snapshot {
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         Snapshot {
+            addrs: instances.iter().map(|i| i.endpoint.addr.clone()).collect(),
             instances: instances.into_iter().map(Arc::new).collect(),
         }
     }
@@ -70,8 +74,8 @@ pub struct ServiceCell {
 /// The first instance chosen for a connection or request, and where the choice started.
 #[derive(Debug, Clone)]
 pub struct Pick {
-    /// The chosen instance.
-    pub instance: Arc<Instance>,
+    /// The chosen instance's address.
+    pub addr: Addr,
     /// Index the pick started at; retries walk on from here.
     pub start: usize,
     /// How many distinct instances the service had when picked.
@@ -85,7 +89,8 @@ impl ServiceCell {
         self.snapshot.load()
     }
 
-    /// Picks the first instance to try: one arc-swap load and one counter step or RNG draw.
+    /// Picks the first instance to try: one arc-swap load and one counter step or RNG draw. The
+    /// address is copied out, so nothing of the snapshot is held afterwards.
     ///
     /// Returns `None` when the service has no instances.
     #[inline]
@@ -97,20 +102,20 @@ impl ServiceCell {
         }
         let start = balance.start(len, &self.next);
         Some(Pick {
-            instance: Arc::clone(&snapshot.instances[start]),
+            addr: snapshot.addrs[start].clone(),
             start,
             candidates: len,
         })
     }
 
-    /// The instance for retry number `attempt` (1, 2, …) of a pick that started at `start`.
+    /// The address for retry number `attempt` (1, 2, …) of a pick that started at `start`.
     ///
     /// Reads the current snapshot, so an instance removed meanwhile is not retried.
     #[inline]
-    pub fn retry(&self, start: usize, attempt: usize) -> Option<Arc<Instance>> {
+    pub fn retry(&self, start: usize, attempt: usize) -> Option<Addr> {
         let snapshot = self.snapshot.load();
         let len = snapshot.len();
-        (len > 0).then(|| Arc::clone(&snapshot.instances[(start + attempt) % len]))
+        (len > 0).then(|| snapshot.addrs[(start + attempt) % len].clone())
     }
 
     fn publish(&self, snapshot: Snapshot) {
@@ -389,13 +394,16 @@ mod tests {
             ],
         );
         let firsts: Vec<String> = (0..6)
-            .map(|_| cell.pick(Balance::RoundRobin).unwrap().instance.id.clone())
+            .map(|_| cell.pick(Balance::RoundRobin).unwrap().addr.to_string())
             .collect();
-        assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
+        assert_eq!(
+            firsts,
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].repeat(2)
+        );
         let p = cell.pick(Balance::RoundRobin).unwrap();
         assert_eq!((p.start, p.candidates), (0, 3));
-        assert_eq!(cell.retry(p.start, 1).unwrap().id, "b");
-        assert_eq!(cell.retry(p.start, 2).unwrap().id, "c");
+        assert_eq!(cell.retry(p.start, 1).unwrap().to_string(), "10.0.0.2:80");
+        assert_eq!(cell.retry(p.start, 2).unwrap().to_string(), "10.0.0.3:80");
     }
 
     impl ServiceCell {

@@ -76,7 +76,7 @@ impl TcpProxy {
             &self.service,
         )
         .await;
-        let (mut outbound, instance) = match connected {
+        let (mut outbound, addr) = match connected {
             Ok(c) => c,
             Err(Unreachable::NoInstances) => {
                 ListenerStats::bump(&self.stats.no_instances);
@@ -92,7 +92,7 @@ impl TcpProxy {
                 return;
             }
         };
-        debug!(service = %self.service, %peer, instance = %instance.id, "connection forwarded");
+        debug!(service = %self.service, %peer, upstream = %addr, "connection forwarded");
         // copy_bidirectional forwards a half-close: when one side finishes sending it shuts down
         // the other side's write half and keeps relaying the opposite direction.
         match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
