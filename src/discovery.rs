@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::etcd::{prefix_end, MAX_DECODE_BYTES};
+use crate::etcd::{describe, prefix_end, Outage, MAX_DECODE_BYTES};
 use crate::registry::{parse_value, split_key};
 use crate::snapshot::Instance;
 use crate::stats::DiscoveryStats;
@@ -119,6 +119,7 @@ impl<S: Sink> Discovery<S> {
     /// Lists and watches until `shutdown` fires, retrying every failure with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut outage = Outage::default();
         // The revision up to which every update has been delivered; None means list first.
         let mut applied: Option<i64> = None;
         let mut watches = 0u64;
@@ -132,7 +133,7 @@ impl<S: Sink> Discovery<S> {
                         rev
                     }
                     Some(Err(e)) => {
-                        warn!(error = %e, "listing the registry failed, retrying");
+                        outage.failed("listing the registry", &describe(&e));
                         if !sleep(&shutdown, backoff.next_delay()).await {
                             return;
                         }
@@ -145,7 +146,7 @@ impl<S: Sink> Discovery<S> {
                 None => return,
                 Some(Ok(stream)) => stream,
                 Some(Err(e)) => {
-                    warn!(error = %e, revision = revision + 1, "opening the registry watch failed, retrying");
+                    outage.failed("watching the registry", &describe(&e));
                     if !sleep(&shutdown, backoff.next_delay()).await {
                         return;
                     }
@@ -159,7 +160,7 @@ impl<S: Sink> Discovery<S> {
 
             let mut last = revision;
             match self
-                .follow(stream, &mut last, &mut backoff, &shutdown)
+                .follow(stream, &mut last, &mut backoff, &mut outage, &shutdown)
                 .await
             {
                 StreamEnd::Shutdown => return,
@@ -173,7 +174,7 @@ impl<S: Sink> Discovery<S> {
                     continue;
                 }
                 StreamEnd::Broken(why) => {
-                    warn!(error = %why, resume_from = last + 1, "registry watch broken, resuming");
+                    outage.failed("watching the registry", &why);
                     applied = Some(last);
                 }
             }
@@ -248,6 +249,7 @@ impl<S: Sink> Discovery<S> {
         mut stream: WatchStream,
         applied: &mut i64,
         backoff: &mut Backoff,
+        outage: &mut Outage,
         shutdown: &CancellationToken,
     ) -> StreamEnd {
         loop {
@@ -257,7 +259,7 @@ impl<S: Sink> Discovery<S> {
             };
             let resp = match message {
                 Err(_) => return StreamEnd::Broken(format!("no message for {WATCH_SILENCE:?}")),
-                Ok(Err(e)) => return StreamEnd::Broken(e.to_string()),
+                Ok(Err(e)) => return StreamEnd::Broken(describe(&e)),
                 Ok(Ok(None)) => {
                     return StreamEnd::Broken("stream closed by the server".to_string())
                 }
@@ -272,6 +274,7 @@ impl<S: Sink> Discovery<S> {
             if resp.created() {
                 debug!(start = *applied + 1, "registry watch open");
                 backoff.reset();
+                outage.recovered("watching the registry");
             }
             if resp.events().is_empty() {
                 // Creation or progress notification. On etcd 3.4 a progress reply can overtake

@@ -59,3 +59,68 @@ mod tests {
         assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 }
+
+/// One line for an etcd error: the gRPC message and its innermost cause, without the nested
+/// debug output of the transport stack.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let out = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    let mut innermost = None;
+    while let Some(c) = cause {
+        innermost = Some(c.to_string());
+        cause = c.source();
+    }
+    match innermost {
+        Some(root) if !out.contains(&root) => format!("{out}: {root}"),
+        _ => out,
+    }
+}
+
+/// How often a continuing outage is logged again after the first warning.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
+
+/// Tracks an etcd outage so logs say once that etcd is gone, remind every 30 s, and say when it
+/// is back, instead of one warning per retry.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    /// When the outage began and when it was last logged.
+    since: Option<(std::time::Instant, std::time::Instant)>,
+    /// Failed attempts in this outage.
+    failures: u64,
+}
+
+impl Outage {
+    /// Records a failed attempt at `what`.
+    pub(crate) fn failed(&mut self, what: &str, error: &str) {
+        let now = std::time::Instant::now();
+        self.failures += 1;
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                tracing::warn!(%error, "{what} failed; retrying in the background");
+            }
+            Some((began, logged)) if now.duration_since(*logged) >= OUTAGE_REMINDER => {
+                *logged = now;
+                let down_for = humantime::format_duration(Duration::from_secs(
+                    now.duration_since(*began).as_secs(),
+                ));
+                tracing::warn!(%error, failures = self.failures, %down_for, "{what} still failing");
+            }
+            Some(_) => tracing::debug!(%error, "{what} failed"),
+        }
+    }
+
+    /// Records a success; logs the end of an outage if there was one.
+    pub(crate) fn recovered(&mut self, what: &str) {
+        if let Some((began, _)) = self.since.take() {
+            let down_for = humantime::format_duration(Duration::from_millis(
+                began.elapsed().as_millis() as u64,
+            ));
+            tracing::info!(failures = self.failures, %down_for, "{what} works again");
+        }
+        self.failures = 0;
+    }
+}
