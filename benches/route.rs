@@ -4,21 +4,32 @@
 //!   (a) nothing: direct to the upstream;
 //!   (b) a plain tokio relay with no discovery: the floor any proxy pays;
 //!   (c) cairn, fed by a real etcd.
-//! Many short rounds are interleaved, in a rotating order, so drift on the machine (a virtual
-//! machine's wake-up costs change over seconds) hits all three alike.
-//! Prints p50, p99 and p99.9 for each, and cairn's added latency over (a) and (b).
+//! HTTP: small GET requests over one keep-alive connection, direct and through cairn's HTTP
+//! listener, then the most requests per second each sustains with concurrent connections.
 //!
-//! `CAIRN_BENCH_EXCHANGES` sets the measured exchanges per target (default 100 000).
+//! Many short rounds are interleaved, in a rotating order, so drift on the machine (a virtual
+//! machine's wake-up costs change over seconds) hits every target alike. Each party runs in its
+//! own single-worker runtime, as if in its own process.
+//!
+//! `CAIRN_BENCH_EXCHANGES` sets the measured exchanges per target (default 100 000);
+//! `CAIRN_BENCH_SECONDS` the length of each throughput run (default 3).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn::config::{AdminConfig, Config, EtcdConfig, Protocol, ServiceConfig};
-use cairn::{Balance, Server};
+use bytes::Bytes;
+use cairn::config::{
+    AdminConfig, Config, EtcdConfig, Limits, Protocol, RouteConfig, ServiceConfig,
+};
+use cairn::Server;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -27,36 +38,48 @@ use tokio_util::sync::CancellationToken;
 const ROUNDS: usize = 40;
 const WARMUP: usize = 200;
 const MESSAGE: usize = 64;
+/// Concurrent keep-alive connections in the throughput runs: enough to keep two cores busy.
+const CONNECTIONS: usize = 16;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Tcp,
+    Http,
+}
 
 fn main() {
-    let exchanges: usize = std::env::var("CAIRN_BENCH_EXCHANGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
-        / ROUNDS;
+    let exchanges: usize = env("CAIRN_BENCH_EXCHANGES", 100_000) / ROUNDS;
+    let seconds = env("CAIRN_BENCH_SECONDS", 3) as u64;
 
-    // Each party gets its own runtime, as it would in its own process.
     let upstream_rt = runtime(1);
     let relay_rt = runtime(1);
     let cairn_rt = runtime(1);
 
-    let upstream = upstream_rt.block_on(echo_server());
-    let relay = relay_rt.block_on(plain_relay(upstream));
+    let echo = upstream_rt.block_on(echo_server());
+    let web = upstream_rt.block_on(http_server());
+    let relay = relay_rt.block_on(plain_relay(echo));
 
     let etcd = cairn_rt.block_on(support::etcd::Etcd::start());
     let stop = CancellationToken::new();
-    let cairn = cairn_rt.block_on(start_cairn(&etcd.endpoint(), upstream, stop.clone()));
+    let (cairn_tcp, cairn_http) =
+        cairn_rt.block_on(start_cairn(&etcd.endpoint(), echo, web, stop.clone()));
 
     let targets = [
-        ("direct", upstream),
-        ("plain relay", relay),
-        ("cairn", cairn),
+        ("direct", echo, Kind::Tcp),
+        ("plain relay", relay, Kind::Tcp),
+        ("cairn", cairn_tcp, Kind::Tcp),
+        ("direct", web, Kind::Http),
+        ("cairn", cairn_http, Kind::Http),
     ];
     let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(ROUNDS * exchanges); targets.len()];
     for round in 0..ROUNDS {
         for k in 0..targets.len() {
             let i = (round + k) % targets.len();
-            samples[i].extend(tcp_round(targets[i].1, exchanges));
+            let (_, addr, kind) = targets[i];
+            samples[i].extend(match kind {
+                Kind::Tcp => measure(exchanges, TcpExchange::new(addr)),
+                Kind::Http => measure(exchanges, HttpExchange::new(addr)),
+            });
         }
     }
 
@@ -64,10 +87,35 @@ fn main() {
     println!(
         "route/tcp: {MESSAGE}-byte request/response over one persistent connection, {ROUNDS} interleaved rounds x {exchanges} exchanges"
     );
-    report(&targets.map(|t| t.0), &mut samples);
+    let tcp = report(&["direct", "plain relay", "cairn"], &mut samples[..3]);
+    println!();
+    println!("route/http: GET with a 3-byte body over one keep-alive connection, same rounds");
+    let http = report(&["direct", "cairn"], &mut samples[3..]);
+    let tcp_added = tcp[2][0] as f64 - tcp[0][0] as f64;
+    let http_added = http[1][0] as f64 - http[0][0] as f64;
+    println!(
+        "  added p50: http {:.1}µs, tcp {:.1}µs, ratio {:.2} (target: at most 2.00)",
+        http_added / 1000.0,
+        tcp_added / 1000.0,
+        http_added / tcp_added
+    );
+
+    println!();
+    println!("route/http throughput: {CONNECTIONS} keep-alive connections for {seconds}s each; the load generator shares the machine");
+    for (name, addr) in [("direct", web), ("cairn", cairn_http)] {
+        let rps = throughput(addr, Duration::from_secs(seconds));
+        println!("  {name:<22} {rps:>10.0} requests/s");
+    }
 
     stop.cancel();
     drop(etcd);
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn runtime(workers: usize) -> Runtime {
@@ -126,14 +174,54 @@ async fn plain_relay(upstream: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Runs cairn in-process with one TCP listener for service `echo`, registered in etcd.
-async fn start_cairn(endpoint: &str, upstream: SocketAddr, stop: CancellationToken) -> SocketAddr {
+/// An HTTP/1.1 upstream answering every request with `ok\n`, keep-alive.
+async fn http_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the HTTP upstream");
+    let addr = listener.local_addr().expect("HTTP upstream address");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(b"ok\n"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs cairn in-process with a TCP listener for `echo` and an HTTP listener for `web`, both
+/// registered in etcd; returns the two listen addresses once cairn routes to both.
+async fn start_cairn(
+    endpoint: &str,
+    echo: SocketAddr,
+    web: SocketAddr,
+    stop: CancellationToken,
+) -> (SocketAddr, SocketAddr) {
     let mut kv = etcd_client::Client::connect([endpoint], None)
         .await
         .expect("connecting to etcd");
-    kv.put("/services/echo/echo-1", upstream.to_string(), None)
+    kv.put("/services/echo/echo-1", echo.to_string(), None)
         .await
-        .expect("registering the upstream");
+        .expect("registering the echo upstream");
+    kv.put("/services/web/web-1", web.to_string(), None)
+        .await
+        .expect("registering the HTTP upstream");
+    let service = |name: &str, protocol| ServiceConfig {
+        name: name.to_string(),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        protocol,
+        route: RouteConfig::default(),
+        limits: Limits::default(),
+    };
     let config = Config {
         etcd: EtcdConfig {
             endpoints: vec![endpoint.to_string()],
@@ -142,55 +230,158 @@ async fn start_cairn(endpoint: &str, upstream: SocketAddr, stop: CancellationTok
         admin: AdminConfig {
             listen: "127.0.0.1:0".parse().expect("an address"),
         },
-        services: vec![ServiceConfig {
-            name: "echo".to_string(),
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            protocol: Protocol::Tcp,
-            balance: Balance::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            retries: 2,
-        }],
+        services: vec![
+            service("echo", Protocol::Tcp),
+            service("web", Protocol::Http),
+        ],
+        gateways: Vec::new(),
     };
     let server = Server::bind(config).await.expect("binding cairn");
-    let listen = server.listen_addrs()[0].1;
+    let listens = server.listen_addrs();
     let store = server.store();
     tokio::spawn(server.run(stop, Duration::from_secs(1)));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while store.cell("echo").load().is_empty() {
+    while store.cell("echo").load().is_empty() || store.cell("web").load().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "cairn did not discover the upstream"
+            "cairn did not discover the upstreams"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    listen
+    (listens[0].1, listens[1].1)
 }
 
-/// One persistent connection: `WARMUP` unmeasured exchanges, then `n` measured ones (ns each).
-fn tcp_round(addr: SocketAddr, n: usize) -> Vec<u64> {
-    let mut s = TcpStream::connect(addr).expect("connecting");
-    s.set_nodelay(true).expect("setting TCP_NODELAY");
-    let request = [0x5au8; MESSAGE];
-    let mut reply = [0u8; MESSAGE];
+/// One request/response over an open connection.
+trait Exchange {
+    fn exchange(&mut self);
+}
+
+struct TcpExchange {
+    stream: TcpStream,
+    reply: [u8; MESSAGE],
+}
+
+impl TcpExchange {
+    fn new(addr: SocketAddr) -> TcpExchange {
+        let stream = TcpStream::connect(addr).expect("connecting");
+        stream.set_nodelay(true).expect("setting TCP_NODELAY");
+        TcpExchange {
+            stream,
+            reply: [0; MESSAGE],
+        }
+    }
+}
+
+impl Exchange for TcpExchange {
+    fn exchange(&mut self) {
+        let request = [0x5au8; MESSAGE];
+        self.stream.write_all(&request).expect("writing a request");
+        self.stream
+            .read_exact(&mut self.reply)
+            .expect("reading a reply");
+        assert_eq!(self.reply, request, "the echo came back changed");
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 client: the same cost whatever it talks to.
+struct HttpExchange {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl HttpExchange {
+    fn new(addr: SocketAddr) -> HttpExchange {
+        let writer = TcpStream::connect(addr).expect("connecting");
+        writer.set_nodelay(true).expect("setting TCP_NODELAY");
+        let reader = BufReader::new(writer.try_clone().expect("cloning the stream"));
+        HttpExchange {
+            writer,
+            reader,
+            line: String::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+impl Exchange for HttpExchange {
+    fn exchange(&mut self) {
+        self.writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .expect("writing a request");
+        let mut length = None;
+        let mut first = true;
+        loop {
+            self.line.clear();
+            self.reader
+                .read_line(&mut self.line)
+                .expect("reading a response head");
+            if first {
+                assert!(self.line.starts_with("HTTP/1.1 200"), "{}", self.line);
+                first = false;
+            }
+            if self.line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = self.line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        self.body.resize(length.expect("a Content-Length"), 0);
+        self.reader
+            .read_exact(&mut self.body)
+            .expect("reading a body");
+    }
+}
+
+/// `WARMUP` unmeasured exchanges, then `n` measured ones (ns each).
+fn measure(n: usize, mut conn: impl Exchange) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
     for i in 0..WARMUP + n {
         let start = Instant::now();
-        s.write_all(&request).expect("writing a request");
-        s.read_exact(&mut reply).expect("reading a reply");
+        conn.exchange();
         if i >= WARMUP {
             out.push(start.elapsed().as_nanos() as u64);
         }
     }
-    assert_eq!(reply, request, "the echo came back changed");
     out
+}
+
+/// Requests per second over `CONNECTIONS` keep-alive connections for `length`.
+fn throughput(addr: SocketAddr, length: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut conn = HttpExchange::new(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    conn.exchange();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(length);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("a load thread panicked");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
-/// Prints the percentiles of each target, then the last target's added latency over the others.
-fn report(names: &[&str], samples: &mut [Vec<u64>]) {
+/// Prints the percentiles of each target, then the last target's added latency over the others;
+/// returns the p50, p99 and p99.9 of each target.
+fn report(names: &[&str], samples: &mut [Vec<u64>]) -> Vec<Vec<u64>> {
     const QS: [(f64, &str); 3] = [(0.50, "p50"), (0.99, "p99"), (0.999, "p99.9")];
     let mut table = Vec::new();
     println!("  {:<22} {:>10} {:>10} {:>10}", "", "p50", "p99", "p99.9");
@@ -219,6 +410,7 @@ fn report(names: &[&str], samples: &mut [Vec<u64>]) {
             added[2]
         );
     }
+    table
 }
 
 fn us(ns: u64) -> String {

@@ -188,12 +188,18 @@ impl Admin {
 
         let listeners = self.stats.listeners();
         type Read = fn(&ListenerStats) -> i64;
-        let families: [(&str, &str, &str, Read); 5] = [
+        let families: [(&str, &str, &str, Read); 9] = [
             (
                 "cairn_listener_accepted_total",
                 "counter",
                 "Connections accepted.",
                 |s| s.accepted.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "cairn_listener_requests_total",
+                "counter",
+                "HTTP requests received.",
+                |s| s.requests.load(Ordering::Relaxed) as i64,
             ),
             (
                 "cairn_listener_active",
@@ -218,6 +224,24 @@ impl Admin {
                 "counter",
                 "Connections or requests for which every attempt failed.",
                 |s| s.exhausted.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "cairn_listener_timeouts_total",
+                "counter",
+                "HTTP requests answered 504: no response headers in time.",
+                |s| s.timeouts.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "cairn_listener_upstream_errors_total",
+                "counter",
+                "HTTP requests answered 502 after reaching an instance.",
+                |s| s.upstream_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "cairn_listener_not_found_total",
+                "counter",
+                "Gateway requests answered 404: unknown service.",
+                |s| s.not_found.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, read) in families {

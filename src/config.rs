@@ -24,6 +24,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// One local listener per service applications dial.
     pub services: Vec<ServiceConfig>,
+    /// HTTP listeners that route by Host header to any service.
+    pub gateways: Vec<GatewayConfig>,
 }
 
 /// The `[etcd]` section.
@@ -68,6 +70,8 @@ impl Default for AdminConfig {
 pub enum Protocol {
     /// Bytes are relayed; one instance is picked per connection.
     Tcp,
+    /// HTTP/1.1 and h2c are proxied; one instance is picked per request.
+    Http,
 }
 
 impl Protocol {
@@ -75,6 +79,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
         }
     }
 }
@@ -88,12 +93,69 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// The protocol spoken on `listen`.
     pub protocol: Protocol,
+    /// How connections and requests reach the service's instances; gateways use it too.
+    pub route: RouteConfig,
+    /// Limits of the listener.
+    pub limits: Limits,
+}
+
+/// How connections or requests reach the instances of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
     /// The picking policy.
     pub balance: Balance,
     /// How long a connect to one instance may take before another is tried.
     pub connect_timeout: Duration,
     /// How many other instances are tried when a connect fails.
     pub retries: u32,
+    /// HTTP: how long an instance may take to send response headers.
+    pub request_timeout: Duration,
+    /// HTTP: send the instance's address as Host instead of the client's Host.
+    pub rewrite_host: bool,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            retries: 2,
+            request_timeout: Duration::from_secs(30),
+            rewrite_host: false,
+        }
+    }
+}
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// HTTP: how long a kept-alive client connection may sit idle (or take to send headers).
+    pub idle_timeout: Duration,
+    /// HTTP: the largest request head accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One `[[gateway]]` block: an HTTP port that routes each request by its Host header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The local address clients dial.
+    pub listen: SocketAddr,
+    /// Stripped from the Host (after its port) to get the service name, e.g. `.svc.local`.
+    pub host_suffix: Option<String>,
+    /// Limits of the listener.
+    pub limits: Limits,
 }
 
 /// A configuration mistake, located in its file.
@@ -199,6 +261,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default, rename = "gateway")]
+    gateways: Vec<RawGateway>,
 }
 
 #[derive(Deserialize, Default)]
@@ -230,12 +294,74 @@ struct RawService {
     #[serde(default, deserialize_with = "duration")]
     connect_timeout: Option<Spanned<Duration>>,
     #[serde(default)]
-    retries: Option<u32>,
+    retries: Option<Spanned<u32>>,
+    #[serde(default, deserialize_with = "duration")]
+    request_timeout: Option<Spanned<Duration>>,
+    #[serde(default)]
+    rewrite_host: Option<bool>,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Spanned<Duration>>,
+    #[serde(default)]
+    max_header_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    #[serde(deserialize_with = "required_socket_addr")]
+    listen: Spanned<SocketAddr>,
+    #[serde(default)]
+    host_suffix: Option<Spanned<String>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Spanned<Duration>>,
+    #[serde(default)]
+    max_header_bytes: Option<Spanned<u64>>,
 }
 
 /// The most instances a connection may try: the first pick plus this many retries. Beyond a
 /// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
 const MAX_RETRIES: u32 = 16;
+
+/// hyper's smallest read buffer; a smaller header limit cannot be enforced.
+const MIN_HEADER_BYTES: u64 = 8192;
+/// Far above any legitimate request head, low enough that one client cannot pin much memory.
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// A listener cap above this is a typo: each connection holds two descriptors.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// Listen addresses already taken, with who took them and where.
+struct Listens(HashMap<SocketAddr, (String, usize)>);
+
+impl Listens {
+    fn claim(
+        &mut self,
+        listen: &Spanned<SocketAddr>,
+        owner: String,
+        at: &Locator<'_>,
+        key: &str,
+    ) -> Result<(), ConfigError> {
+        let addr = *listen.get_ref();
+        if let Some((first, line)) = self.0.get(&addr) {
+            let first = if *line == 0 {
+                first.clone()
+            } else {
+                format!("{first} at line {line}")
+            };
+            return Err(at.error(
+                Some(listen.span()),
+                key,
+                format!("listen address {addr} is already used by {first}"),
+            ));
+        }
+        self.0
+            .insert(addr, (owner, at.line_of(listen.span().start)));
+        Ok(())
+    }
+}
 
 impl RawConfig {
     fn validate(self, at: &Locator<'_>) -> Result<Config, ConfigError> {
@@ -249,8 +375,7 @@ impl RawConfig {
         };
 
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut listens: HashMap<SocketAddr, (String, usize)> = HashMap::new();
-        listens.insert(admin.listen, ("[admin]".to_string(), 0));
+        let mut listens = Listens(HashMap::from([(admin.listen, ("[admin]".to_string(), 0))]));
         let mut services = Vec::with_capacity(self.services.len());
         for (i, raw) in self.services.iter().enumerate() {
             let key = |field: &str| format!("service[{i}].{field}");
@@ -265,46 +390,151 @@ impl RawConfig {
                     format!("duplicate service name \"{name}\" (first defined at line {first})"),
                 ));
             }
-            let listen = *raw.listen.get_ref();
-            if let Some((owner, line)) = listens.get(&listen) {
-                let owner = if *line == 0 {
-                    owner.clone()
-                } else {
-                    format!("{owner} at line {line}")
-                };
-                return Err(at.error(
-                    Some(raw.listen.span()),
-                    &key("listen"),
-                    format!("listen address {listen} is already used by {owner}"),
-                ));
+            listens.claim(
+                &raw.listen,
+                format!("service \"{name}\""),
+                at,
+                &key("listen"),
+            )?;
+            let protocol = raw.protocol.unwrap_or(Protocol::Tcp);
+            if protocol == Protocol::Tcp {
+                let http_only = [
+                    ("idle_timeout", raw.idle_timeout.as_ref().map(Spanned::span)),
+                    (
+                        "max_header_bytes",
+                        raw.max_header_bytes.as_ref().map(Spanned::span),
+                    ),
+                ];
+                if let Some((field, span)) = http_only.into_iter().find(|(_, s)| s.is_some()) {
+                    return Err(at.error(
+                        span,
+                        &key(field),
+                        "applies only to protocol = \"http\" listeners".to_string(),
+                    ));
+                }
             }
-            listens.insert(listen, (format!("service \"{name}\""), line));
-            let connect_timeout =
-                positive(raw.connect_timeout.as_ref(), at, &key("connect_timeout"))?
-                    .unwrap_or(Duration::from_secs(1));
-            let retries = raw.retries.unwrap_or(2);
-            if retries > MAX_RETRIES {
-                return Err(at.error(
-                    Some(raw.name.span()),
-                    &key("retries"),
-                    format!("retries = {retries} is more than the allowed {MAX_RETRIES}"),
-                ));
-            }
+            let defaults = RouteConfig::default();
+            let route = RouteConfig {
+                balance: raw.balance.unwrap_or(defaults.balance),
+                connect_timeout: positive(
+                    raw.connect_timeout.as_ref(),
+                    at,
+                    &key("connect_timeout"),
+                )?
+                .unwrap_or(defaults.connect_timeout),
+                retries: match &raw.retries {
+                    None => defaults.retries,
+                    Some(r) if *r.get_ref() > MAX_RETRIES => {
+                        return Err(at.error(
+                            Some(r.span()),
+                            &key("retries"),
+                            format!(
+                                "retries = {} is more than the allowed {MAX_RETRIES}",
+                                r.get_ref()
+                            ),
+                        ))
+                    }
+                    Some(r) => *r.get_ref(),
+                },
+                request_timeout: positive(
+                    raw.request_timeout.as_ref(),
+                    at,
+                    &key("request_timeout"),
+                )?
+                .unwrap_or(defaults.request_timeout),
+                rewrite_host: raw.rewrite_host.unwrap_or(defaults.rewrite_host),
+            };
+            let limits = limits(
+                &raw.max_connections,
+                &raw.idle_timeout,
+                &raw.max_header_bytes,
+                at,
+                &key,
+            )?;
             services.push(ServiceConfig {
                 name: name.clone(),
-                listen,
-                protocol: raw.protocol.unwrap_or(Protocol::Tcp),
-                balance: raw.balance.unwrap_or(Balance::RoundRobin),
-                connect_timeout,
-                retries,
+                listen: *raw.listen.get_ref(),
+                protocol,
+                route,
+                limits,
+            });
+        }
+
+        let mut gateways = Vec::with_capacity(self.gateways.len());
+        for (i, raw) in self.gateways.iter().enumerate() {
+            let key = |field: &str| format!("gateway[{i}].{field}");
+            listens.claim(&raw.listen, format!("gateway[{i}]"), at, &key("listen"))?;
+            let host_suffix = match &raw.host_suffix {
+                None => None,
+                Some(s) if s.get_ref().len() < 2 || !s.get_ref().starts_with('.') => {
+                    return Err(at.error(
+                        Some(s.span()),
+                        &key("host_suffix"),
+                        format!(
+                            "host_suffix \"{}\" must start with '.', like \".svc.local\"",
+                            s.get_ref()
+                        ),
+                    ))
+                }
+                Some(s) => Some(s.get_ref().to_ascii_lowercase()),
+            };
+            gateways.push(GatewayConfig {
+                listen: *raw.listen.get_ref(),
+                host_suffix,
+                limits: limits(
+                    &raw.max_connections,
+                    &raw.idle_timeout,
+                    &raw.max_header_bytes,
+                    at,
+                    &key,
+                )?,
             });
         }
         Ok(Config {
             etcd,
             admin,
             services,
+            gateways,
         })
     }
+}
+
+fn limits(
+    max_connections: &Option<Spanned<u64>>,
+    idle_timeout: &Option<Spanned<Duration>>,
+    max_header_bytes: &Option<Spanned<u64>>,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let in_range =
+        |v: &Option<Spanned<u64>>, field: &str, min: u64, max: u64, default: usize| match v {
+            None => Ok(default),
+            Some(n) if !(min..=max).contains(n.get_ref()) => Err(at.error(
+                Some(n.span()),
+                &key(field),
+                format!("{field} = {} is outside {min}..={max}", n.get_ref()),
+            )),
+            Some(n) => Ok(*n.get_ref() as usize),
+        };
+    Ok(Limits {
+        max_connections: in_range(
+            max_connections,
+            "max_connections",
+            1,
+            MAX_CONNECTIONS,
+            defaults.max_connections,
+        )?,
+        idle_timeout: positive(idle_timeout.as_ref(), at, &key("idle_timeout"))?
+            .unwrap_or(defaults.idle_timeout),
+        max_header_bytes: in_range(
+            max_header_bytes,
+            "max_header_bytes",
+            MIN_HEADER_BYTES,
+            MAX_HEADER_BYTES,
+            defaults.max_header_bytes,
+        )?,
+    })
 }
 
 impl RawEtcd {
@@ -448,9 +678,14 @@ mod tests {
         assert_eq!(c.admin, AdminConfig::default());
         let s = &c.services[0];
         assert_eq!(s.protocol, Protocol::Tcp);
-        assert_eq!(s.balance, Balance::RoundRobin);
-        assert_eq!(s.connect_timeout, Duration::from_secs(1));
-        assert_eq!(s.retries, 2);
+        assert_eq!(s.route, RouteConfig::default());
+        assert_eq!(s.route.balance, Balance::RoundRobin);
+        assert_eq!(s.route.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.route.retries, 2);
+        assert_eq!(s.route.request_timeout, Duration::from_secs(30));
+        assert!(!s.route.rewrite_host);
+        assert_eq!(s.limits, Limits::default());
+        assert!(c.gateways.is_empty());
     }
 
     #[test]
@@ -508,7 +743,7 @@ mod tests {
         assert_eq!(e.line, Some(7), "{e}");
         assert!(
             e.message
-                .contains("already used by service \"a\" at line 2"),
+                .contains("already used by service \"a\" at line 3"),
             "{e}"
         );
 
@@ -537,6 +772,61 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("longer than zero"), "{e}");
+    }
+
+    #[test]
+    fn http_services_and_gateways_are_read() {
+        let c = parse(
+            "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\nrequest_timeout = \"2s\"\nrewrite_host = true\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_header_bytes = 16384\n\n[[gateway]]\nlisten = \"127.0.0.1:2\"\nhost_suffix = \".SVC.local\"\n",
+        )
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.protocol, Protocol::Http);
+        assert_eq!(s.route.request_timeout, Duration::from_secs(2));
+        assert!(s.route.rewrite_host);
+        assert_eq!(
+            s.limits,
+            Limits {
+                max_connections: 10,
+                idle_timeout: Duration::from_secs(5),
+                max_header_bytes: 16384
+            }
+        );
+        let g = &c.gateways[0];
+        assert_eq!(g.host_suffix.as_deref(), Some(".svc.local"));
+        assert_eq!(g.limits, Limits::default());
+    }
+
+    #[test]
+    fn http_mistakes_are_rejected() {
+        let e =
+            parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nidle_timeout = \"5s\"\n")
+                .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("service[0].idle_timeout")),
+            "{e}"
+        );
+        assert!(e.message.contains("only to protocol = \"http\""), "{e}");
+        let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nhost_suffix = \"svc.local\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("must start with '.'"), "{e}");
+        let e =
+            parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nmax_header_bytes = 100\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("gateway[0].max_header_bytes")),
+            "{e}"
+        );
+        let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nmax_connections = 0\n").unwrap_err();
+        assert!(e.message.contains("outside 1..="), "{e}");
+        let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[gateway]]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.message.contains("already used by service \"a\""), "{e}");
+        let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nprefix = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("unknown field `prefix`"), "{e}");
+        let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nretries = 17\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
     }
 
     #[test]

@@ -17,10 +17,11 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{AdminConfig, Config, EtcdConfig, Protocol, ServiceConfig};
+use crate::config::{
+    AdminConfig, Config, EtcdConfig, GatewayConfig, Limits, Protocol, RouteConfig, ServiceConfig,
+};
 use crate::error::Error;
 use crate::server::Server;
-use crate::Balance;
 
 /// How long a fresh etcd may take to elect itself and answer.
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,15 +85,20 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
         services: vec![ServiceConfig {
             name: "demo".to_string(),
             listen: free_or_ephemeral(SocketAddr::from(([127, 0, 0, 1], 7001))).await,
-            protocol: Protocol::Tcp,
-            balance: Balance::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            retries: 2,
+            protocol: Protocol::Http,
+            route: RouteConfig::default(),
+            limits: Limits::default(),
+        }],
+        gateways: vec![GatewayConfig {
+            listen: free_or_ephemeral(SocketAddr::from(([127, 0, 0, 1], 7080))).await,
+            host_suffix: Some(".svc.local".to_string()),
+            limits: Limits::default(),
         }],
     };
     let server = Server::bind(config).await?;
     let admin = server.admin_addr();
     let listen = server.listen_addrs()[0].1;
+    let gateway = server.gateway_addrs()[0];
 
     println!();
     println!("cairn dev is running. Everything below goes away on Ctrl-C.");
@@ -104,11 +110,13 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
     for (name, addr) in &backends {
         println!("  backend     {name} on {addr}, registered as /services/demo/{name}");
     }
-    println!("  proxy       {listen} -> service \"demo\" (tcp, round robin)");
+    println!("  proxy       {listen} -> service \"demo\" (http, round robin per request)");
+    println!("  gateway     {gateway} -> the service named by the Host header, minus .svc.local");
     println!("  admin       http://{admin}");
     println!();
     println!("Try, in another terminal:");
-    println!("  for i in 1 2 3 4; do curl -s http://{listen}/; done     # replies alternate demo-1, demo-2");
+    println!("  curl -s http://{listen}/ http://{listen}/ http://{listen}/   # one keep-alive connection; replies alternate");
+    println!("  curl -s -H 'Host: demo.svc.local' http://{gateway}/           # the same service through the gateway");
     println!("  curl -s http://{admin}/services                        # what cairn sees in etcd");
     println!(
         "  etcdctl --endpoints {endpoint} del /services/demo/demo-1   # now only demo-2 answers"

@@ -1,8 +1,10 @@
 //! The data plane: local listeners that forward to picked instances.
 //!
-//! [`tcp`] relays bytes and picks once per connection. Both share the accept loop's connection
-//! cap, the connect-with-failover logic and the once-per-second warning below.
+//! [`tcp`] relays bytes and picks once per connection; [`http`] proxies requests and picks once
+//! per request. Both share the accept loop's connection cap and the once-per-second warning
+//! below.
 
+pub mod http;
 pub mod tcp;
 
 use std::io;

@@ -14,18 +14,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{Config, Protocol, ServiceConfig};
+use crate::config::{Config, GatewayConfig, Protocol, ServiceConfig};
 use crate::discovery::Discovery;
 use crate::error::Error;
+use crate::proxy::http::{HttpListener, Routes, Target};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::EveryOnce;
 use crate::snapshot::{Store, StoreWriter};
 use crate::stats::Stats;
-
-/// Open connections a listener serves at once; more wait in the accept backlog. High enough for
-/// any legacy application on one node, low enough to stay within a default descriptor limit of
-/// a few thousand per listener pair.
-const MAX_CONNECTIONS: usize = 4096;
 
 /// A cairn process with every socket bound, ready to run.
 pub struct Server {
@@ -35,6 +31,8 @@ pub struct Server {
     admin: TcpListener,
     /// One bound listener per `[[service]]`, in config order.
     listeners: Vec<(ServiceConfig, TcpListener)>,
+    /// One bound listener per `[[gateway]]`, in config order.
+    gateways: Vec<(GatewayConfig, TcpListener)>,
     /// The snapshots every listener reads.
     store: Arc<Store>,
     /// Counters for `/metrics`.
@@ -60,10 +58,19 @@ impl Server {
             }
             listeners.push((service.clone(), listener));
         }
+        let mut gateways = Vec::with_capacity(config.gateways.len());
+        for (i, gateway) in config.gateways.iter().enumerate() {
+            let listener = bind(gateway.listen, &format!("gateway[{i}]")).await?;
+            if !gateway.listen.ip().is_loopback() {
+                warn!(gateway = i, listen = %gateway.listen, "listening on a non-loopback address: other hosts can reach this port");
+            }
+            gateways.push((gateway.clone(), listener));
+        }
         Ok(Server {
             config,
             admin,
             listeners,
+            gateways,
             store: Store::new(),
             stats: Arc::new(Stats::default()),
         })
@@ -85,6 +92,17 @@ impl Server {
                     .local_addr()
                     .expect("a bound listener has a local address");
                 (s.name.clone(), addr)
+            })
+            .collect()
+    }
+
+    /// Each gateway's bound listen address, in config order.
+    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        self.gateways
+            .iter()
+            .map(|(_, l)| {
+                l.local_addr()
+                    .expect("a bound listener has a local address")
             })
             .collect()
     }
@@ -123,34 +141,80 @@ impl Server {
         let admin_task = tokio::spawn(admin.run(self.admin, background.clone()));
         info!(admin = %admin_addr, endpoints = ?self.config.etcd.endpoints, prefix = %self.config.etcd.prefix, "cairn started");
 
-        let mut accepting = Vec::with_capacity(self.listeners.len());
+        let routes = Routes::new(
+            Arc::clone(&self.store),
+            self.config
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), &s.route)),
+        );
+        let mut accepting = Vec::with_capacity(self.listeners.len() + self.gateways.len());
         for (service, listener) in self.listeners {
             let listen = listener
                 .local_addr()
                 .expect("a bound listener has a local address");
             let stats = self.stats.listener(&listen.to_string(), &service.name);
-            let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let limit = Arc::new(Semaphore::new(service.limits.max_connections));
             info!(service = %service.name, %listen, protocol = service.protocol.as_str(), "listening");
-            match service.protocol {
+            let task = match service.protocol {
                 Protocol::Tcp => {
                     let proxy = Arc::new(TcpProxy {
                         cell: self.store.cell(&service.name),
                         service: service.name,
-                        balance: service.balance,
-                        connect_timeout: service.connect_timeout,
-                        retries: service.retries,
+                        balance: service.route.balance,
+                        connect_timeout: service.route.connect_timeout,
+                        retries: service.route.retries,
                         stats,
                         warn_limit: EveryOnce::new(),
                     });
-                    accepting.push(tokio::spawn(proxy.run(
+                    tokio::spawn(proxy.run(
                         listener,
                         limit,
                         tracker.clone(),
                         shutdown.clone(),
                         abort.clone(),
-                    )));
+                    ))
                 }
-            }
+                Protocol::Http => {
+                    let route = routes
+                        .configured(&service.name)
+                        .expect("every [[service]] block has a route");
+                    let http = Arc::new(HttpListener {
+                        target: Target::Service(route),
+                        routes: Arc::clone(&routes),
+                        stats,
+                        limits: service.limits,
+                        tunnels: tracker.clone(),
+                        abort: abort.clone(),
+                    });
+                    tokio::spawn(http.run(listener, limit, tracker.clone(), shutdown.clone()))
+                }
+            };
+            accepting.push(task);
+        }
+        for (gateway, listener) in self.gateways {
+            let listen = listener
+                .local_addr()
+                .expect("a bound listener has a local address");
+            let stats = self.stats.listener(&listen.to_string(), "*");
+            let limit = Arc::new(Semaphore::new(gateway.limits.max_connections));
+            info!(%listen, host_suffix = gateway.host_suffix.as_deref().unwrap_or(""), "gateway listening");
+            let http = Arc::new(HttpListener {
+                target: Target::Gateway {
+                    suffix: gateway.host_suffix,
+                },
+                routes: Arc::clone(&routes),
+                stats,
+                limits: gateway.limits,
+                tunnels: tracker.clone(),
+                abort: abort.clone(),
+            });
+            accepting.push(tokio::spawn(http.run(
+                listener,
+                limit,
+                tracker.clone(),
+                shutdown.clone(),
+            )));
         }
 
         shutdown.cancelled().await;

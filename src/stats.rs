@@ -23,6 +23,8 @@ pub struct ListenerStats {
     pub service: String,
     /// Connections accepted.
     pub accepted: AtomicU64,
+    /// HTTP requests received (0 for TCP listeners).
+    pub requests: AtomicU64,
     /// Connections or requests open right now.
     pub active: AtomicI64,
     /// Connections or requests refused because the service had no instances.
@@ -31,6 +33,12 @@ pub struct ListenerStats {
     pub connect_failures: AtomicU64,
     /// Connections or requests for which every attempt failed.
     pub exhausted: AtomicU64,
+    /// HTTP: requests whose instance sent no response headers in time (504).
+    pub timeouts: AtomicU64,
+    /// HTTP: requests that reached an instance which then failed them (502).
+    pub upstream_errors: AtomicU64,
+    /// HTTP gateways: requests for a service the registry does not know (404).
+    pub not_found: AtomicU64,
 }
 
 impl ListenerStats {
@@ -38,10 +46,14 @@ impl ListenerStats {
         ListenerStats {
             service: service.to_string(),
             accepted: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             active: AtomicI64::new(0),
             no_instances: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            not_found: AtomicU64::new(0),
         }
     }
 

@@ -5,4 +5,5 @@ mod support;
 
 mod check;
 mod discovery;
+mod http;
 mod tcp;

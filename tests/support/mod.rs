@@ -6,6 +6,7 @@
 
 pub mod cairn;
 pub mod etcd;
+pub mod http;
 pub mod upstream;
 
 use std::future::Future;
