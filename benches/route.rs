@@ -234,7 +234,7 @@ async fn start_cairn(
             service("echo", Protocol::Tcp),
             service("web", Protocol::Http),
         ],
-        gateways: Vec::new(),
+        ..Config::default()
     };
     let server = Server::bind(config).await.expect("binding cairn");
     let listens = server.listen_addrs();

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::register;
 use crate::snapshot::Store;
 use crate::stats::{ListenerStats, Stats};
 
@@ -30,6 +31,8 @@ pub(crate) struct Admin {
     pub(crate) store: Arc<Store>,
     /// The counters to show.
     pub(crate) stats: Arc<Stats>,
+    /// The state of this process's own registrations, when it has any.
+    pub(crate) registrations: Option<Arc<register::Status>>,
     /// Fires when the process starts draining; readiness turns 503 from then on.
     pub(crate) draining: CancellationToken,
 }
@@ -133,47 +136,47 @@ impl Admin {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let d = &self.stats.discovery;
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
+        metric_line(
+            &mut out,
             "cairn_registry_revision",
             "gauge",
             "etcd revision the snapshots reflect.",
-            self.store.revision().to_string(),
+            self.store.revision() as u64,
         );
-        metric(
+        metric_line(
+            &mut out,
             "cairn_registry_synced",
             "gauge",
             "1 once the registry has been listed.",
-            u8::from(self.store.synced()).to_string(),
+            u64::from(self.store.synced()),
         );
-        metric(
+        metric_line(
+            &mut out,
             "cairn_registry_invalid_values_total",
             "counter",
             "Registry values skipped as unusable.",
-            d.invalid_values.load(Ordering::Relaxed).to_string(),
+            d.invalid_values.load(Ordering::Relaxed),
         );
-        metric(
+        metric_line(
+            &mut out,
             "cairn_discovery_lists_total",
             "counter",
             "Full lists of the registry applied.",
-            d.lists.load(Ordering::Relaxed).to_string(),
+            d.lists.load(Ordering::Relaxed),
         );
-        metric(
+        metric_line(
+            &mut out,
             "cairn_discovery_watch_restarts_total",
             "counter",
             "Watch streams reopened.",
-            d.watch_restarts.load(Ordering::Relaxed).to_string(),
+            d.watch_restarts.load(Ordering::Relaxed),
         );
-        metric(
+        metric_line(
+            &mut out,
             "cairn_discovery_repeated_events_total",
             "counter",
             "Watch events dropped as already applied.",
-            d.repeated_events.load(Ordering::Relaxed).to_string(),
+            d.repeated_events.load(Ordering::Relaxed),
         );
 
         let _ = writeln!(out, "# HELP cairn_service_instances Instances in the current snapshot.\n# TYPE cairn_service_instances gauge");
@@ -256,8 +259,42 @@ impl Admin {
                 );
             }
         }
+        if let Some(r) = &self.registrations {
+            let _ = writeln!(out, "# HELP cairn_registration_registered 1 while the instance's key is written under the live lease.\n# TYPE cairn_registration_registered gauge");
+            for (label, flag) in r.labels.iter().zip(&r.registered) {
+                let (service, id) = label.split_once('/').unwrap_or((label, ""));
+                let _ = writeln!(
+                    out,
+                    "cairn_registration_registered{{service=\"{}\",id=\"{}\"}} {}",
+                    escape(service),
+                    escape(id),
+                    u8::from(flag.load(Ordering::Relaxed))
+                );
+            }
+            metric_line(
+                &mut out,
+                "cairn_registration_lease_grants_total",
+                "counter",
+                "Leases granted for this process's registrations.",
+                r.lease_grants.load(Ordering::Relaxed),
+            );
+            metric_line(
+                &mut out,
+                "cairn_registration_repairs_total",
+                "counter",
+                "Registered keys put back after someone deleted or overwrote them.",
+                r.repairs.load(Ordering::Relaxed),
+            );
+        }
         out
     }
+}
+
+fn metric_line(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// Escapes a Prometheus label value.

@@ -14,6 +14,8 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 pub use crate::balance::Balance;
+use crate::register::{Check, Probe, Registration, MIN_TTL};
+use crate::registry::{Addr, Endpoint, Format};
 
 /// The whole configuration of one cairn process.
 #[derive(Debug, Clone)]
@@ -26,6 +28,24 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// HTTP listeners that route by Host header to any service.
     pub gateways: Vec<GatewayConfig>,
+    /// This node's own instances, registered in etcd under one lease.
+    pub registrations: Vec<Registration>,
+    /// The TTL of the lease every registration shares.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Config {
+    /// Defaults for every section, no listeners and no registrations.
+    fn default() -> Self {
+        Config {
+            etcd: EtcdConfig::default(),
+            admin: AdminConfig::default(),
+            services: Vec::new(),
+            gateways: Vec::new(),
+            registrations: Vec::new(),
+            lease_ttl: DEFAULT_TTL,
+        }
+    }
 }
 
 /// The `[etcd]` section.
@@ -263,6 +283,48 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "gateway")]
     gateways: Vec<RawGateway>,
+    #[serde(default, rename = "register")]
+    registrations: Vec<RawRegister>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegister {
+    service: Spanned<String>,
+    #[serde(default)]
+    id: Option<Spanned<String>>,
+    addr: Spanned<String>,
+    #[serde(default, deserialize_with = "duration")]
+    ttl: Option<Spanned<Duration>>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    zone: Option<Spanned<String>>,
+    #[serde(default)]
+    metadata: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    check: Option<RawCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(default)]
+    tcp: Option<Spanned<String>>,
+    #[serde(default)]
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    exec: Option<Spanned<Vec<String>>>,
+    #[serde(default, deserialize_with = "duration")]
+    interval: Option<Spanned<Duration>>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Spanned<Duration>>,
+    #[serde(default)]
+    rise: Option<Spanned<u32>>,
+    #[serde(default)]
+    fall: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -490,13 +552,219 @@ impl RawConfig {
                 )?,
             });
         }
+        let (registrations, lease_ttl) = validate_registrations(&self.registrations, at)?;
         Ok(Config {
             etcd,
             admin,
             services,
             gateways,
+            registrations,
+            lease_ttl,
         })
     }
+}
+
+/// The default lease TTL: a dead process leaves the registry within ten seconds.
+const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+fn validate_registrations(
+    raws: &[RawRegister],
+    at: &Locator<'_>,
+) -> Result<(Vec<Registration>, Duration), ConfigError> {
+    let mut out = Vec::with_capacity(raws.len());
+    let mut ttl: Option<(Duration, usize)> = None;
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let key = |field: &str| format!("register[{i}].{field}");
+        let service = raw.service.get_ref();
+        check_service_name(service)
+            .map_err(|m| at.error(Some(raw.service.span()), &key("service"), m))?;
+        let addr: Addr = raw
+            .addr
+            .get_ref()
+            .parse()
+            .map_err(|m| at.error(Some(raw.addr.span()), &key("addr"), m))?;
+        let id = match &raw.id {
+            Some(id) => {
+                check_instance_id(id.get_ref())
+                    .map_err(|m| at.error(Some(id.span()), &key("id"), m))?;
+                id.get_ref().clone()
+            }
+            None => crate::register::default_id(&addr),
+        };
+        let line = at.line_of(raw.service.span().start);
+        if let Some(first) = seen.insert((service.clone(), id.clone()), line) {
+            return Err(at.error(
+                Some(raw.service.span()),
+                &key("id"),
+                format!("instance \"{service}/{id}\" is already registered at line {first}"),
+            ));
+        }
+        let this_ttl = match &raw.ttl {
+            Some(t) if *t.get_ref() < MIN_TTL => {
+                return Err(at.error(
+                    Some(t.span()),
+                    &key("ttl"),
+                    format!(
+                        "ttl must be at least {} (etcd's shortest lease)",
+                        humantime::format_duration(MIN_TTL)
+                    ),
+                ))
+            }
+            Some(t) => *t.get_ref(),
+            None => DEFAULT_TTL,
+        };
+        match ttl {
+            None => ttl = Some((this_ttl, i)),
+            Some((first, j)) if first != this_ttl => {
+                return Err(at.error(
+                    raw.ttl.as_ref().map(Spanned::span).or(Some(raw.service.span())),
+                    &key("ttl"),
+                    format!(
+                        "all registrations share one lease, so their ttl must match: register[{j}] has {}, this one {}",
+                        humantime::format_duration(first),
+                        humantime::format_duration(this_ttl)
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        let format = match &raw.format {
+            None => Format::Plain,
+            Some(f) => f
+                .get_ref()
+                .parse()
+                .map_err(|m| at.error(Some(f.span()), &key("format"), m))?,
+        };
+        let json_only = [
+            ("weight", raw.weight.as_ref().map(Spanned::span)),
+            ("zone", raw.zone.as_ref().map(Spanned::span)),
+        ];
+        if format != Format::Json {
+            if let Some((field, span)) = json_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(at.error(
+                    span,
+                    &key(field),
+                    format!("{field} is written only by format = \"json\" (this block has \"{format}\")"),
+                ));
+            }
+        }
+        if let (Format::Plain, Some(m)) = (format, &raw.metadata) {
+            return Err(at.error(
+                Some(m.span()),
+                &key("metadata"),
+                "metadata is written only by format = \"json\" or \"etcd-endpoints\"".to_string(),
+            ));
+        }
+        let mut endpoint = Endpoint::new(addr, format);
+        endpoint.weight = raw.weight.as_ref().map_or(1, |w| *w.get_ref());
+        endpoint.zone = raw.zone.as_ref().map(|z| z.get_ref().clone());
+        if let Some(m) = &raw.metadata {
+            endpoint.metadata = serde_json::to_value(m.get_ref()).map_err(|e| {
+                at.error(
+                    Some(m.span()),
+                    &key("metadata"),
+                    format!("cannot be written as JSON: {e}"),
+                )
+            })?;
+        }
+        let mut registration = Registration::new(service.clone(), id, endpoint);
+        if let Some(check) = &raw.check {
+            registration.check = Some(validate_check(check, raw, at, &|f| {
+                key(&format!("check.{f}"))
+            })?);
+        }
+        out.push(registration);
+    }
+    Ok((out, ttl.map_or(DEFAULT_TTL, |(t, _)| t)))
+}
+
+fn validate_check(
+    raw: &RawCheck,
+    block: &RawRegister,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Check, ConfigError> {
+    let probes = [
+        raw.tcp.as_ref().map(Spanned::span),
+        raw.http.as_ref().map(Spanned::span),
+        raw.exec.as_ref().map(Spanned::span),
+    ];
+    let given: Vec<Range<usize>> = probes.into_iter().flatten().collect();
+    if given.len() != 1 {
+        return Err(at.error(
+            given.get(1).cloned().or(Some(block.service.span())),
+            &key("tcp"),
+            "a check needs exactly one of tcp, http or exec".to_string(),
+        ));
+    }
+    let probe = if let Some(tcp) = &raw.tcp {
+        Probe::Tcp(
+            tcp.get_ref()
+                .parse()
+                .map_err(|m| at.error(Some(tcp.span()), &key("tcp"), m))?,
+        )
+    } else if let Some(url) = &raw.http {
+        Probe::Http(
+            parse_check_url(url.get_ref())
+                .map_err(|m| at.error(Some(url.span()), &key("http"), m))?,
+        )
+    } else if let Some(argv) = &raw.exec {
+        if argv.get_ref().first().is_none_or(|p| p.is_empty()) {
+            return Err(at.error(
+                Some(argv.span()),
+                &key("exec"),
+                "needs a program, like [\"/usr/local/bin/probe\", \"--quick\"]".to_string(),
+            ));
+        }
+        Probe::Exec(argv.get_ref().clone())
+    } else {
+        unreachable!("exactly one probe was given")
+    };
+    let mut check = Check::new(probe);
+    if let Some(d) = positive(raw.interval.as_ref(), at, &key("interval"))? {
+        check.interval = d;
+    }
+    if let Some(d) = positive(raw.timeout.as_ref(), at, &key("timeout"))? {
+        check.timeout = d;
+    }
+    for (field, value, slot) in [
+        ("rise", &raw.rise, &mut check.rise),
+        ("fall", &raw.fall, &mut check.fall),
+    ] {
+        match value {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(at.error(
+                    Some(n.span()),
+                    &key(field),
+                    format!("{field} must be at least 1"),
+                ))
+            }
+            Some(n) => *slot = *n.get_ref(),
+            None => {}
+        }
+    }
+    Ok(check)
+}
+
+/// Parses a health-check URL: `http://host:port/path`.
+pub(crate) fn parse_check_url(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("URL \"{s}\" must be http://host:port/path"));
+    }
+    Ok(uri)
+}
+
+/// Checks that an instance id can be the last part of a registry key.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("instance id is empty".to_string());
+    }
+    if let Some(c) = id.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("instance id \"{id}\" contains {c:?}"));
+    }
+    Ok(())
 }
 
 fn limits(

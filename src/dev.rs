@@ -94,6 +94,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
             host_suffix: Some(".svc.local".to_string()),
             limits: Limits::default(),
         }],
+        ..Config::default()
     };
     let server = Server::bind(config).await?;
     let admin = server.admin_addr();

@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, KeyValue, WatchOptions, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::etcd::{describe, prefix_end, Outage, MAX_DECODE_BYTES};
+use crate::etcd::{describe, list_prefix, Outage, MAX_DECODE_BYTES};
 use crate::registry::{parse_value, split_key};
+use crate::shutdown::{cancellable, sleep};
 use crate::snapshot::Instance;
 use crate::stats::DiscoveryStats;
 
@@ -48,6 +49,8 @@ pub enum Change {
         service: String,
         /// The instance as it is now.
         instance: Instance,
+        /// The etcd revision of the change.
+        revision: i64,
     },
     /// An instance is gone, or its key now holds a value cairn cannot use.
     Delete {
@@ -55,6 +58,8 @@ pub enum Change {
         service: String,
         /// Its instance id.
         id: String,
+        /// The etcd revision of the change.
+        revision: i64,
     },
 }
 
@@ -63,10 +68,6 @@ pub trait Sink: Send + 'static {
     /// Applies one update.
     fn apply(&mut self, update: Update);
 }
-
-/// Keys fetched per page of the initial list: small pages keep each response far below the
-/// decode limit even with large values, and 1 000 keys per round trip keeps big registries fast.
-const PAGE_SIZE: i64 = 1000;
 
 /// etcd sends a progress notification about every 10 minutes on an idle watch. A stream silent
 /// for half again as long is assumed stuck (a partition the HTTP/2 pings did not catch), and is
@@ -187,40 +188,9 @@ impl<S: Sink> Discovery<S> {
     /// Lists the whole prefix, page by page, pinned to the revision of the first page, and
     /// delivers it as one `Reset`. Returns that revision.
     async fn list(&mut self) -> Result<i64, etcd_client::Error> {
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODE_BYTES);
-        let end = prefix_end(self.prefix.as_bytes());
-        let mut instances = Vec::new();
-        let mut revision = 0;
-        let mut from = self.prefix.clone().into_bytes();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(PAGE_SIZE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let mut page = kv.get(from.clone(), Some(options)).await?;
-            if revision == 0 {
-                revision = page.header().map(|h| h.revision()).unwrap_or_default();
-            }
-            let kvs = page.take_kvs();
-            let more = page.more();
-            if let Some(last) = kvs.last() {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            for kv in &kvs {
-                if let Some((service, instance)) = self.read(kv) {
-                    instances.push((service, instance));
-                }
-            }
-            if !more || kvs.is_empty() {
-                break;
-            }
-        }
+        let (revision, kvs) = list_prefix(&self.client, &self.prefix).await?;
+        let instances: Vec<(String, Instance)> =
+            kvs.iter().filter_map(|kv| self.read(kv)).collect();
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         info!(revision, instances = instances.len(), "registry listed");
         self.sink.apply(Update::Reset {
@@ -290,26 +260,28 @@ impl<S: Sink> Discovery<S> {
                     self.stats.repeated_events.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                newest = newest.max(kv.mod_revision());
+                let revision = kv.mod_revision();
+                newest = newest.max(revision);
                 let Some((service, id)) = split_key(&self.prefix, kv.key()) else {
                     continue;
                 };
-                match event.event_type() {
-                    EventType::Put => match self.read(kv) {
-                        Some((service, instance)) => {
-                            changes.push(Change::Put { service, instance })
-                        }
-                        // The key now holds nothing usable: its old instance must go.
-                        None => changes.push(Change::Delete {
-                            service: service.to_string(),
-                            id: id.to_string(),
-                        }),
+                let put = match event.event_type() {
+                    EventType::Put => self.read(kv),
+                    EventType::Delete => None,
+                };
+                changes.push(match put {
+                    Some((service, instance)) => Change::Put {
+                        service,
+                        instance,
+                        revision,
                     },
-                    EventType::Delete => changes.push(Change::Delete {
+                    // Deleted, or the key now holds nothing usable: its old instance must go.
+                    None => Change::Delete {
                         service: service.to_string(),
                         id: id.to_string(),
-                    }),
-                }
+                        revision,
+                    },
+                });
             }
             if newest > *applied {
                 *applied = newest;
@@ -339,22 +311,4 @@ impl<S: Sink> Discovery<S> {
             }
         }
     }
-}
-
-/// Runs `fut` unless `shutdown` fires first.
-async fn cancellable<F: std::future::Future>(
-    shutdown: &CancellationToken,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::select! {
-        _ = shutdown.cancelled() => None,
-        out = fut => Some(out),
-    }
-}
-
-/// Sleeps for `delay`; returns false if `shutdown` fired meanwhile.
-pub(crate) async fn sleep(shutdown: &CancellationToken, delay: Duration) -> bool {
-    cancellable(shutdown, tokio::time::sleep(delay))
-        .await
-        .is_some()
 }

@@ -22,8 +22,14 @@ pub enum Error {
         source: io::Error,
     },
     /// The etcd client could not be built or a call failed for good.
+    #[error("etcd: {}", crate::etcd::describe(.0))]
+    EtcdClient(#[from] etcd_client::Error),
+    /// An etcd request of a one-shot command failed; the message says which.
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(String),
+    /// The command line asks for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
     /// `cairn dev` could not set up its demo.
     #[error("{0}")]
     Dev(String),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
 
 use crate::config::EtcdConfig;
 
@@ -33,6 +33,51 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> 
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
         .with_require_leader(true);
     Client::connect(&config.endpoints, Some(options)).await
+}
+
+/// Keys fetched per page of a prefix list: small pages keep each response far below the decode
+/// limit even with large values, and 1 000 keys per round trip keeps big registries fast.
+const PAGE_SIZE: i64 = 1000;
+
+/// Every key under `prefix`, fetched page by page, all pages pinned to the revision of the first
+/// one so the result is one consistent view. Returns that revision and the keys in key order.
+///
+/// # Errors
+/// Any failed call, including a compaction of the pinned revision while paging (list again).
+pub async fn list_prefix(
+    client: &Client,
+    prefix: &str,
+) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_DECODE_BYTES);
+    let end = prefix_end(prefix.as_bytes());
+    let mut all = Vec::new();
+    let mut revision = 0;
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE_SIZE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let mut page = kv.get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = page.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        let kvs = page.take_kvs();
+        let more = page.more();
+        if let Some(last) = kvs.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        let done = !more || kvs.is_empty();
+        all.extend(kvs);
+        if done {
+            return Ok((revision, all));
+        }
+    }
 }
 
 /// The end of the key range holding every key that starts with `prefix`.

@@ -16,6 +16,7 @@
 //! - [`discovery`]: list-then-watch with resume, dedup and compaction recovery.
 //! - [`snapshot`]: immutable per-service snapshots behind `ArcSwap`, and the writer that swaps them.
 //! - [`balance`]: lock-free, allocation-free picking policies.
+//! - [`register`]: this node's own instances under a kept-alive lease, gated on health checks.
 //! - `proxy`: the TCP data plane.
 //! - `admin`: `/healthz`, `/readyz`, `/services`, `/metrics`.
 //! - [`server`]: binds everything and shuts down in order.
@@ -33,6 +34,7 @@ pub mod discovery;
 mod error;
 pub mod etcd;
 mod proxy;
+pub mod register;
 pub mod registry;
 pub mod server;
 pub mod shutdown;

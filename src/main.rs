@@ -1,11 +1,12 @@
 //! The `cairn` binary: parses the command line, sets up logging and calls into the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cairn::cli::{Cli, Command};
+use cairn::cli::{self, Cli, Command};
 use cairn::{Config, Server};
 
 fn main() -> ExitCode {
@@ -15,14 +16,22 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs piped to a file or journald stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
-                let n = c.services.len();
-                let plural = if n == 1 { "" } else { "s" };
-                println!("{}: ok ({n} service{plural})", config.display());
+                let count =
+                    |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+                println!(
+                    "{}: ok ({}, {}, {})",
+                    config.display(),
+                    count(c.services.len(), "service"),
+                    count(c.gateways.len(), "gateway"),
+                    count(c.registrations.len(), "registration")
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
@@ -46,6 +55,20 @@ fn main() -> ExitCode {
         Command::Dev => block_on(async {
             let shutdown = cairn::shutdown::on_signal();
             cairn::dev::run(shutdown).await
+        }),
+        Command::Register(args) => block_on(async {
+            let shutdown = cairn::shutdown::on_signal();
+            cli::register(args, shutdown).await
+        }),
+        Command::Deregister { etcd, service, id } => {
+            block_on(async move { cli::deregister(&etcd, &service, &id).await })
+        }
+        Command::List { etcd, service } => {
+            block_on(async move { cli::list(&etcd, service.as_deref()).await })
+        }
+        Command::Watch { etcd, service } => block_on(async move {
+            let shutdown = cairn::shutdown::on_signal();
+            cli::watch(&etcd, service, shutdown).await
         }),
     }
 }

@@ -21,20 +21,24 @@ use crate::registry::Addr;
 use crate::snapshot::{Pick, ServiceCell};
 use crate::stats::ListenerStats;
 
+/// Connects to `addr`, resolving a hostname first.
+pub(crate) async fn connect(addr: &Addr) -> io::Result<TcpStream> {
+    match addr {
+        Addr::Ip(sa) => TcpStream::connect(*sa).await,
+        Addr::Host { host, port } => TcpStream::connect((&**host, *port)).await,
+    }
+}
+
 /// Dials `addr` with TCP_NODELAY set, giving up after `timeout`.
 pub(crate) async fn dial(addr: &Addr, timeout: Duration) -> io::Result<TcpStream> {
-    let connect = async {
-        match addr {
-            Addr::Ip(sa) => TcpStream::connect(*sa).await,
-            Addr::Host { host, port } => TcpStream::connect((&**host, *port)).await,
-        }
-    };
-    let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
-        )
-    })??;
+    let stream = tokio::time::timeout(timeout, connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -150,7 +154,7 @@ pub(crate) async fn accept_loop<F>(
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on accept.
                 warn!(error = %e, "accept failed");
-                if !crate::discovery::sleep(&shutdown, Duration::from_millis(100)).await {
+                if !crate::shutdown::sleep(&shutdown, Duration::from_millis(100)).await {
                     return;
                 }
             }

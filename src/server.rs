@@ -1,7 +1,8 @@
 //! One cairn process: binds every listener, starts discovery, and shuts down in order.
 //!
-//! Shutdown order: stop accepting, drain open connections within the grace period (then cut the
-//! rest, with a warning), then stop the background tasks (discovery, admin).
+//! Shutdown order: stop accepting, revoke the registration lease, drain open connections within
+//! the grace period (then cut the rest, with a warning), then stop the background tasks
+//! (discovery, admin).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::error::Error;
 use crate::proxy::http::{HttpListener, Routes, Target};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::EveryOnce;
+use crate::register::{Handle, Registrar};
 use crate::snapshot::{Store, StoreWriter};
 use crate::stats::Stats;
 
@@ -132,9 +134,20 @@ impl Server {
         )
         .spawn(background.clone());
 
+        // Registration runs beside the proxy on its own task: neither can stop the other.
+        let registrar = (!self.config.registrations.is_empty()).then(|| {
+            Registrar::new(
+                client.clone(),
+                &self.config.etcd.prefix,
+                self.config.lease_ttl,
+                self.config.registrations.clone(),
+            )
+            .spawn()
+        });
         let admin = Arc::new(Admin {
             store: Arc::clone(&self.store),
             stats: Arc::clone(&self.stats),
+            registrations: registrar.as_ref().map(Handle::status),
             draining: shutdown.clone(),
         });
         let admin_addr = self.admin_addr();
@@ -220,6 +233,10 @@ impl Server {
         shutdown.cancelled().await;
         for task in accepting {
             let _ = task.await;
+        }
+        // Deregister before draining, so other nodes stop sending here while open work finishes.
+        if let Some(registrar) = registrar {
+            registrar.stop().await;
         }
         tracker.close();
         if !tracker.is_empty() {

@@ -1,4 +1,7 @@
-//! The root shutdown signal: SIGINT or SIGTERM cancels one token every task watches.
+//! The root shutdown signal (SIGINT or SIGTERM cancels one token every task watches) and the
+//! helpers tasks use to race their waits against it.
+
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -28,4 +31,22 @@ pub fn on_signal() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+/// Runs `fut` unless `shutdown` fires first.
+pub(crate) async fn cancellable<F: std::future::Future>(
+    shutdown: &CancellationToken,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+/// Sleeps for `delay`; returns false if `shutdown` fired meanwhile.
+pub(crate) async fn sleep(shutdown: &CancellationToken, delay: Duration) -> bool {
+    cancellable(shutdown, tokio::time::sleep(delay))
+        .await
+        .is_some()
 }

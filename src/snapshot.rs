@@ -245,7 +245,9 @@ impl Sink for StoreWriter {
                 let mut touched: Vec<String> = Vec::new();
                 for change in changes {
                     let (service, changed) = match change {
-                        Change::Put { service, instance } => {
+                        Change::Put {
+                            service, instance, ..
+                        } => {
                             let map = self.services.entry(service.clone()).or_default();
                             let changed = map.get(&instance.id) != Some(&instance);
                             if changed {
@@ -253,7 +255,7 @@ impl Sink for StoreWriter {
                             }
                             (service, changed)
                         }
-                        Change::Delete { service, id } => {
+                        Change::Delete { service, id, .. } => {
                             let changed = self
                                 .services
                                 .get_mut(&service)
@@ -328,10 +330,12 @@ mod tests {
                 Change::Delete {
                     service: "orders".into(),
                     id: "a".into(),
+                    revision: 6,
                 },
                 Change::Put {
                     service: "orders".into(),
                     instance: inst("c", "10.0.0.4:80"),
+                    revision: 7,
                 },
             ],
         });
@@ -371,6 +375,7 @@ mod tests {
             changes: vec![Change::Put {
                 service: "users".into(),
                 instance: inst("u", "10.0.0.3:80"),
+                revision: 3,
             }],
         });
         assert!(Arc::ptr_eq(

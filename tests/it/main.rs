@@ -6,4 +6,5 @@ mod support;
 mod check;
 mod discovery;
 mod http;
+mod register;
 mod tcp;

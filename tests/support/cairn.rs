@@ -263,3 +263,108 @@ pub fn config(
     }
     c
 }
+
+/// Any `cairn` subcommand running as its own process, with its output in a log file.
+pub struct Proc {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Runs `cairn <args>`; stdout goes to `stdout.log`, stderr to `stderr.log`.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-test-proc-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let out =
+            std::fs::File::create(dir.path().join("stdout.log")).expect("creating stdout.log");
+        let err =
+            std::fs::File::create(dir.path().join("stderr.log")).expect("creating stderr.log");
+        let child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "cairn=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawning cairn");
+        Proc {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the process is running").id()
+    }
+
+    /// Sends a signal with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return s;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "cairn did not exit within {deadline:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- cairn stderr ---\n{}",
+                tail(&self.dir.path().join("stderr.log"), 40)
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cairn <args>` to completion: exit status, stdout, stderr.
+pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("running cairn");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

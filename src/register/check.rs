@@ -1,0 +1,267 @@
+//! Health checks that gate a registration: TCP connect, HTTP 2xx, or a command's exit status.
+//!
+//! A check starts unhealthy, so an instance is registered only once it has passed `rise` times in
+//! a row, and is deregistered after `fall` failures in a row.
+
+use std::fmt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::registry::Addr;
+
+/// What a check probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Healthy when a TCP connect to the address succeeds.
+    Tcp(Addr),
+    /// Healthy when `GET` on the `http://` URL answers 2xx.
+    Http(Uri),
+    /// Healthy when the command (program and arguments) exits 0.
+    Exec(Vec<String>),
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Tcp(addr) => write!(f, "tcp {addr}"),
+            Probe::Http(uri) => write!(f, "http {uri}"),
+            Probe::Exec(argv) => write!(f, "exec {}", argv.join(" ")),
+        }
+    }
+}
+
+/// A health check and its thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What is probed.
+    pub probe: Probe,
+    /// Time between the starts of two probes.
+    pub interval: Duration,
+    /// Time one probe may take before it counts as a failure.
+    pub timeout: Duration,
+    /// Passes in a row before an unhealthy instance is (re)registered.
+    pub rise: u32,
+    /// Failures in a row before a healthy instance is deregistered.
+    pub fall: u32,
+}
+
+impl Check {
+    /// A check of `probe` with the defaults: every 2 s, 1 s timeout, rise 2, fall 3.
+    pub fn new(probe: Probe) -> Check {
+        Check {
+            probe,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    /// Probes until `stop`, sending `(index, healthy)` to `changes` on every change of state.
+    pub(crate) fn spawn(
+        self,
+        index: usize,
+        label: String,
+        changes: mpsc::Sender<(usize, bool)>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut prober = Prober::default();
+            let mut ticks = tokio::time::interval(self.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut state = State::new(self.rise, self.fall);
+            let mut told_waiting = false;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let result = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tokio::time::timeout(self.timeout, prober.probe(&self.probe)) => {
+                        r.unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(self.timeout))))
+                    }
+                };
+                let passed = result.is_ok();
+                let flipped = state.record(passed);
+                match flipped {
+                    Some(true) => {
+                        info!(instance = %label, check = %self.probe, "health check passing, registering")
+                    }
+                    Some(false) => warn!(
+                        instance = %label,
+                        check = %self.probe,
+                        error = result.as_ref().err().map(String::as_str).unwrap_or(""),
+                        "health check failing, deregistering"
+                    ),
+                    None if !passed && !state.healthy && !told_waiting => {
+                        told_waiting = true;
+                        warn!(
+                            instance = %label,
+                            check = %self.probe,
+                            error = result.as_ref().err().map(String::as_str).unwrap_or(""),
+                            "health check failing, not registered until it passes"
+                        );
+                    }
+                    None => debug!(instance = %label, passed, "health check"),
+                }
+                if let Some(healthy) = flipped {
+                    if changes.send((index, healthy)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The rise/fall state machine of one check.
+#[derive(Debug)]
+struct State {
+    rise: u32,
+    fall: u32,
+    healthy: bool,
+    passes: u32,
+    failures: u32,
+}
+
+impl State {
+    fn new(rise: u32, fall: u32) -> State {
+        State {
+            rise,
+            fall,
+            healthy: false,
+            passes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records one probe; returns the new state when it flipped.
+    fn record(&mut self, passed: bool) -> Option<bool> {
+        if passed {
+            self.passes += 1;
+            self.failures = 0;
+            if !self.healthy && self.passes >= self.rise {
+                self.healthy = true;
+                return Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.passes = 0;
+            if self.healthy && self.failures >= self.fall {
+                self.healthy = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// Runs probes; holds what it reuses between them.
+#[derive(Default)]
+struct Prober {
+    /// Created on the first HTTP probe and reused, so probes share pooled connections.
+    http: Option<Client<HttpConnector, Empty<Bytes>>>,
+}
+
+impl Prober {
+    async fn probe(&mut self, probe: &Probe) -> Result<(), String> {
+        match probe {
+            Probe::Tcp(addr) => crate::proxy::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Probe::Http(uri) => {
+                let client = self
+                    .http
+                    .get_or_insert_with(|| Client::builder(TokioExecutor::new()).build_http());
+                let resp = client.get(uri.clone()).await.map_err(|e| {
+                    let mut text = e.to_string();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(c) = cause {
+                        text = format!("{text}: {c}");
+                        cause = c.source();
+                    }
+                    text
+                })?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("answered {}", resp.status()))
+                }
+            }
+            Probe::Exec(argv) => {
+                let (program, args) = argv.split_first().ok_or("empty command")?;
+                let status = tokio::process::Command::new(program)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .status()
+                    .await
+                    .map_err(|e| format!("cannot run {program}: {e}"))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{program} exited with {status}"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall_count_results_in_a_row() {
+        let mut s = State::new(2, 3);
+        assert_eq!(s.record(true), None, "one pass is not enough to rise");
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.record(true), Some(true));
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(true), None, "a pass resets the failure count");
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), None);
+        assert_eq!(s.record(false), Some(false));
+        assert_eq!(s.record(false), None, "already down");
+    }
+
+    #[tokio::test]
+    async fn probes_tell_healthy_from_unhealthy() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = Probe::Tcp(Addr::Ip(listener.local_addr().unwrap()));
+        assert_eq!(Prober::default().probe(&open).await, Ok(()));
+        drop(listener);
+        assert!(Prober::default().probe(&open).await.is_err());
+
+        let ok = Probe::Exec(vec!["true".into()]);
+        assert_eq!(Prober::default().probe(&ok).await, Ok(()));
+        let bad = Probe::Exec(vec!["false".into()]);
+        assert!(Prober::default()
+            .probe(&bad)
+            .await
+            .unwrap_err()
+            .contains("exited"));
+        let missing = Probe::Exec(vec!["/nonexistent/probe".into()]);
+        assert!(Prober::default()
+            .probe(&missing)
+            .await
+            .unwrap_err()
+            .contains("cannot run"));
+    }
+}
