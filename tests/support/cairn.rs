@@ -1,7 +1,7 @@
 //! A real `cairn` process, driven through its command line and admin endpoint.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,10 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
-/// A running `cairn run` process with its config file and log.
+/// A running `cairn run` process with its config file.
 pub struct Cairn {
-    dir: TempDir,
-    child: Option<Child>,
+    config_dir: TempDir,
+    proc: Proc,
     /// The admin address from the config.
     pub admin: SocketAddr,
 }
@@ -34,29 +34,18 @@ impl Cairn {
 
     /// As [`Cairn::start`], with extra arguments to `cairn run`.
     pub async fn start_with_args(config: &str, admin: SocketAddr, args: &[&str]) -> Cairn {
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-test-")
+        let config_dir = tempfile::Builder::new()
+            .prefix("cairn-test-config-")
             .tempdir()
-            .expect("creating a temp dir for cairn");
-        let path = dir.path().join("cairn.toml");
+            .expect("creating a temp dir for the config");
+        let path = config_dir.path().join("cairn.toml");
         std::fs::write(&path, config).expect("writing the config");
-        let log = std::fs::File::create(dir.path().join("cairn.log")).expect("creating the log");
-        let child = Command::new(bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .args(args)
-            .env("RUST_LOG", "cairn=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(
-                log.try_clone().expect("duplicating the log handle"),
-            ))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawning cairn");
+        let path = path.to_str().expect("a UTF-8 temp path");
+        let mut all = vec!["run", "-c", path];
+        all.extend_from_slice(args);
         let mut cairn = Cairn {
-            dir,
-            child: Some(child),
+            proc: Proc::spawn(&all),
+            config_dir,
             admin,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -81,54 +70,32 @@ impl Cairn {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("cairn is running").id()
+        self.proc.pid()
     }
 
     /// Sends a signal (`"TERM"`, `"STOP"`, `"CONT"`, `"KILL"`, …) with kill(1).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -{sig} failed");
+        self.proc.signal(sig);
     }
 
     /// The exit status, if the process has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.proc.try_wait()
     }
 
     /// Waits up to `deadline` for the process to exit.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.try_wait() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "cairn did not exit within {deadline:?}; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.proc.wait_exit(deadline).await
     }
 
     /// The whole log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.proc.stderr()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("cairn.log")
-    }
-
-    /// The directory holding the config and log.
+    /// The directory holding the config.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.config_dir.path()
     }
 
     /// `GET path` on the admin endpoint: status and body.
@@ -199,18 +166,6 @@ impl Cairn {
             (self.get("/readyz").await.0 == 200).then_some(())
         })
         .await;
-    }
-}
-
-impl Drop for Cairn {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- cairn log ---\n{}", tail(&self.log_path(), 60));
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -310,15 +265,18 @@ impl Proc {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Waits up to `deadline` for the process to exit.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {
-            if let Some(s) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(s) = self.try_wait() {
                 return s;
             }
             assert!(
