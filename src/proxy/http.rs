@@ -300,8 +300,9 @@ impl HttpListener {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let host = request_host_parts(&parts.headers, &parts.uri).map(str::to_owned);
-        let headers = forwarded_headers(&parts.headers, peer, host.as_deref(), upgrade.as_ref());
+        let host = request_host_parts(&parts.headers, &parts.uri);
+        let mut headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref());
+        let client_host = host.and_then(|h| HeaderValue::from_str(h).ok());
         let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
@@ -328,11 +329,16 @@ impl HttpListener {
             *upstream.method_mut() = parts.method.clone();
             *upstream.uri_mut() = uri;
             *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = headers.clone();
+            // Only an attempt that may be followed by another needs its own copy.
+            *upstream.headers_mut() = if attempt + 1 < attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             let host_value = if route.config.rewrite_host {
                 HeaderValue::from_str(&addr.to_string()).ok()
             } else {
-                host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+                client_host.clone()
             };
             if let Some(h) = host_value {
                 upstream.headers_mut().insert(header::HOST, h);
