@@ -4,6 +4,7 @@
 mod support;
 
 mod check;
+mod cluster;
 mod discovery;
 mod http;
 mod register;

@@ -1,6 +1,6 @@
-//! A real etcd member on loopback, started from PATH.
+//! Real etcd members on loopback, started from PATH: a single-member cluster, or three.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,13 +9,117 @@ use tempfile::TempDir;
 
 use super::{free_port, tail};
 
-/// One single-member etcd cluster with its own data directory.
-pub struct Etcd {
-    dir: TempDir,
+/// One etcd member process with its data directory under a shared temp dir.
+struct Member {
+    name: String,
+    dir: PathBuf,
     client_port: u16,
     peer_port: u16,
-    extra: Vec<String>,
     child: Option<Child>,
+}
+
+impl Member {
+    fn new(root: &Path, name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            dir: root.join(name),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    fn spawn(&mut self, initial_cluster: &str, extra: &[String]) {
+        let bin = which("etcd").unwrap_or_else(|| {
+            panic!("`etcd` is not on PATH: the integration tests start real etcd processes. Install it with `apt-get install -y etcd-server` (or run `bash scripts/setup`).")
+        });
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the etcd log");
+        let child = Command::new(bin)
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.dir.display()))
+            .arg(format!("--listen-client-urls={}", self.endpoint()))
+            .arg(format!("--advertise-client-urls={}", self.endpoint()))
+            .arg(format!("--listen-peer-urls={}", self.peer()))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer()))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            // Elect in a fraction of a second instead of about one.
+            .arg("--heartbeat-interval=20")
+            .arg("--election-timeout=200")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                log.try_clone().expect("duplicating the log handle"),
+            ))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning etcd");
+        self.child = Some(child);
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether a write through this member succeeds.
+    async fn serves(&self) -> bool {
+        match Client::connect([self.endpoint()], None).await {
+            Ok(mut c) => c
+                .put("/cairn-test/ready", self.name.as_str(), None)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Starts `members` (already spawned) and waits until each serves writes; false if one exits.
+async fn wait_serving(members: &mut [Member]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for m in members.iter_mut() {
+        loop {
+            if m.exited() {
+                return false;
+            }
+            if m.serves().await {
+                break;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    true
+}
+
+/// A single-member etcd cluster with its own data directory.
+pub struct Etcd {
+    _root: TempDir,
+    member: Member,
+    extra: Vec<String>,
 }
 
 impl Etcd {
@@ -26,35 +130,31 @@ impl Etcd {
 
     /// Starts etcd with extra command-line flags.
     pub async fn start_with(extra: &[&str]) -> Etcd {
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-test-etcd-")
-            .tempdir()
-            .expect("creating a temp dir for etcd");
-        let mut etcd = Etcd {
-            dir,
-            client_port: 0,
-            peer_port: 0,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
+        let root = temp_root();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A free port can be taken by another test between picking and binding: retry.
         for attempt in 0..5 {
-            etcd.client_port = free_port();
-            etcd.peer_port = free_port();
-            if etcd.spawn_and_wait().await {
-                return etcd;
+            let mut member = Member::new(root.path(), &format!("solo{attempt}"));
+            member.spawn(&format!("{}={}", member.name, member.peer()), &extra);
+            if wait_serving(std::slice::from_mut(&mut member)).await {
+                return Etcd {
+                    _root: root,
+                    member,
+                    extra,
+                };
             }
-            eprintln!("etcd did not start (attempt {attempt}), retrying on other ports");
+            eprintln!(
+                "etcd did not start (attempt {attempt}):\n{}",
+                tail(&member.log_path(), 10)
+            );
+            member.kill();
         }
-        panic!(
-            "etcd failed to start; its log:\n{}",
-            tail(&etcd.log_path(), 30)
-        );
+        panic!("etcd failed to start five times");
     }
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.member.endpoint()
     }
 
     /// A fresh client.
@@ -64,82 +164,21 @@ impl Etcd {
             .expect("connecting to the test etcd")
     }
 
-    /// The process id, while running.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("etcd is running").id()
-    }
-
     /// Kills etcd (SIGKILL) and waits for it to exit; the data directory stays.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.member.kill();
     }
 
     /// Starts etcd again on the same ports and data directory.
     pub async fn restart(&mut self) {
-        self.kill();
+        self.member.kill();
+        let initial = format!("{}={}", self.member.name, self.member.peer());
+        self.member.spawn(&initial, &self.extra);
         assert!(
-            self.spawn_and_wait().await,
+            wait_serving(std::slice::from_mut(&mut self.member)).await,
             "etcd did not restart; its log:\n{}",
-            tail(&self.log_path(), 30)
+            tail(&self.member.log_path(), 30)
         );
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
-    }
-
-    async fn spawn_and_wait(&mut self) -> bool {
-        let bin = which("etcd").unwrap_or_else(|| {
-            panic!("`etcd` is not on PATH: the integration tests start real etcd processes. Install it with `apt-get install -y etcd-server` (or run `bash scripts/setup`).")
-        });
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the etcd log");
-        let child = Command::new(bin)
-            .arg("--name=test")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            // Elect in a fraction of a second instead of about one.
-            .arg("--heartbeat-interval=20")
-            .arg("--election-timeout=200")
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(
-                log.try_clone().expect("duplicating the log handle"),
-            ))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawning etcd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false;
-            }
-            if let Ok(mut c) = Client::connect([self.endpoint()], None).await {
-                if c.put("/cairn-test/ready", "1", None).await.is_ok() {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.kill();
-        false
     }
 }
 
@@ -149,11 +188,97 @@ impl Drop for Etcd {
             eprintln!(
                 "--- etcd log ({}) ---\n{}",
                 self.endpoint(),
-                tail(&self.log_path(), 15)
+                tail(&self.member.log_path(), 15)
             );
         }
-        self.kill();
+        self.member.kill();
     }
+}
+
+/// A three-member etcd cluster on loopback.
+pub struct Cluster {
+    _root: TempDir,
+    members: Vec<Member>,
+    initial: String,
+}
+
+impl Cluster {
+    /// Starts three members and waits until each serves writes.
+    pub async fn start() -> Cluster {
+        for attempt in 0..5 {
+            let root = temp_root();
+            let mut members: Vec<Member> = (0..3)
+                .map(|i| Member::new(root.path(), &format!("m{i}")))
+                .collect();
+            let initial = members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer()))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in members.iter_mut() {
+                m.spawn(&initial, &[]);
+            }
+            if wait_serving(&mut members).await {
+                return Cluster {
+                    _root: root,
+                    members,
+                    initial,
+                };
+            }
+            eprintln!("the cluster did not start (attempt {attempt}), retrying on other ports");
+            for m in members.iter_mut() {
+                m.kill();
+            }
+        }
+        panic!("the etcd cluster failed to start five times");
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// A client of member `i` alone.
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect([self.members[i].endpoint()], None)
+            .await
+            .expect("connecting to a cluster member")
+    }
+
+    /// Kills member `i` (SIGKILL); its data directory stays.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again and waits until it serves writes.
+    pub async fn restart(&mut self, i: usize) {
+        self.members[i].kill();
+        let initial = self.initial.clone();
+        self.members[i].spawn(&initial, &[]);
+        assert!(
+            wait_serving(std::slice::from_mut(&mut self.members[i])).await,
+            "member {i} did not rejoin; its log:\n{}",
+            tail(&self.members[i].log_path(), 30)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in self.members.iter_mut() {
+            if std::thread::panicking() {
+                eprintln!("--- etcd log ({}) ---\n{}", m.name, tail(&m.log_path(), 10));
+            }
+            m.kill();
+        }
+    }
+}
+
+fn temp_root() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("cairn-test-etcd-")
+        .tempdir()
+        .expect("creating a temp dir for etcd")
 }
 
 /// The first executable called `name` on PATH.
