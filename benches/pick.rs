@@ -1,10 +1,11 @@
-//! The cost of one pick (arc-swap load, counter step or RNG draw, Arc clone) at 1 to 10 000
+//! The cost of one pick (arc-swap load, counter step or RNG draw, address copy) at 1 to 10 000
 //! instances. Expected flat: the work does not depend on the number of instances.
 
 use std::hint::black_box;
 
+use cairn::instance::Instance;
 use cairn::registry::{Endpoint, Format};
-use cairn::snapshot::{Instance, Store};
+use cairn::snapshot::Store;
 use cairn::Balance;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

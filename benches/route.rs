@@ -1,18 +1,24 @@
 //! Routing latency, measured beside its baselines in one run.
 //!
-//! TCP: 64-byte request/response exchanges over one persistent connection, through
+//! TCP: 64-byte request/response exchanges through
 //!   (a) nothing: direct to the upstream;
 //!   (b) a plain tokio relay with no discovery: the floor any proxy pays;
-//!   (c) cairn, fed by a real etcd.
-//! HTTP: small GET requests over one keep-alive connection, direct and through cairn's HTTP
-//! listener, then the most requests per second each sustains with concurrent connections.
+//!   (c) cairn, fed by a real etcd;
+//! first over one persistent connection, then over a fresh connection per exchange (accept,
+//! pick, connect: the part where cairn differs from a plain relay).
+//! HTTP: small GET requests over one keep-alive connection, direct, through a plain hyper
+//! reverse proxy with a pooled client to one fixed upstream (no discovery, no header rewriting),
+//! and through cairn's HTTP listener; then the most requests per second each sustains with
+//! concurrent connections.
 //!
 //! Many short rounds are interleaved, in a rotating order, so drift on the machine (a virtual
 //! machine's wake-up costs change over seconds) hits every target alike. Each party runs in its
 //! own single-worker runtime, as if in its own process.
 //!
 //! `CAIRN_BENCH_EXCHANGES` sets the measured exchanges per target (default 100 000);
+//! `CAIRN_BENCH_CONNECTS` the fresh connections per target (default 5 000);
 //! `CAIRN_BENCH_SECONDS` the length of each throughput run (default 3).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)] // a bench measures wall time
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -24,12 +30,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn::config::{
-    AdminConfig, Config, EtcdConfig, Limits, Protocol, RouteConfig, ServiceConfig,
-};
-use cairn::Server;
+use cairn::admin::AdminConfig;
+use cairn::etcd::EtcdConfig;
+use cairn::proxy::{Limits, Protocol, RouteConfig, ServiceConfig};
+use cairn::{Config, Server};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -43,12 +52,17 @@ const CONNECTIONS: usize = 16;
 
 #[derive(Clone, Copy)]
 enum Kind {
+    /// One persistent TCP connection.
     Tcp,
+    /// A fresh TCP connection per exchange.
+    Connect,
+    /// One keep-alive HTTP/1.1 connection.
     Http,
 }
 
 fn main() {
     let exchanges: usize = env("CAIRN_BENCH_EXCHANGES", 100_000) / ROUNDS;
+    let connects: usize = env("CAIRN_BENCH_CONNECTS", 5_000) / ROUNDS;
     let seconds = env("CAIRN_BENCH_SECONDS", 3) as u64;
 
     let upstream_rt = runtime(1);
@@ -58,6 +72,7 @@ fn main() {
     let echo = upstream_rt.block_on(echo_server());
     let web = upstream_rt.block_on(http_server());
     let relay = relay_rt.block_on(plain_relay(echo));
+    let http_relay = relay_rt.block_on(plain_http_proxy(web));
 
     let etcd = cairn_rt.block_on(support::etcd::Etcd::start());
     let stop = CancellationToken::new();
@@ -68,7 +83,11 @@ fn main() {
         ("direct", echo, Kind::Tcp),
         ("plain relay", relay, Kind::Tcp),
         ("cairn", cairn_tcp, Kind::Tcp),
+        ("direct", echo, Kind::Connect),
+        ("plain relay", relay, Kind::Connect),
+        ("cairn", cairn_tcp, Kind::Connect),
         ("direct", web, Kind::Http),
+        ("plain proxy", http_relay, Kind::Http),
         ("cairn", cairn_http, Kind::Http),
     ];
     let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(ROUNDS * exchanges); targets.len()];
@@ -77,22 +96,30 @@ fn main() {
             let i = (round + k) % targets.len();
             let (_, addr, kind) = targets[i];
             samples[i].extend(match kind {
-                Kind::Tcp => measure(exchanges, TcpExchange::new(addr)),
-                Kind::Http => measure(exchanges, HttpExchange::new(addr)),
+                Kind::Tcp => measure(exchanges, WARMUP, TcpExchange::new(addr)),
+                // Each exchange is its own connection: a few warm the caches, not the socket.
+                Kind::Connect => measure(connects, WARMUP / 10, ConnectExchange(addr)),
+                Kind::Http => measure(exchanges, WARMUP, HttpExchange::new(addr)),
             });
         }
     }
 
+    let names = ["direct", "plain relay", "cairn"];
     println!();
     println!(
         "route/tcp: {MESSAGE}-byte request/response over one persistent connection, {ROUNDS} interleaved rounds x {exchanges} exchanges"
     );
-    let tcp = report(&["direct", "plain relay", "cairn"], &mut samples[..3]);
+    let tcp = report(&names, &mut samples[..3]);
+    println!();
+    println!(
+        "route/connect: a fresh connection per {MESSAGE}-byte exchange (connect, exchange, close), same rounds x {connects}"
+    );
+    report(&names, &mut samples[3..6]);
     println!();
     println!("route/http: GET with a 3-byte body over one keep-alive connection, same rounds");
-    let http = report(&["direct", "cairn"], &mut samples[3..]);
+    let http = report(&["direct", "plain proxy", "cairn"], &mut samples[6..]);
     let tcp_added = tcp[2][0] as f64 - tcp[0][0] as f64;
-    let http_added = http[1][0] as f64 - http[0][0] as f64;
+    let http_added = http[2][0] as f64 - http[0][0] as f64;
     println!(
         "  added p50: http {:.1}µs, tcp {:.1}µs, ratio {:.2} (target: at most 2.00)",
         http_added / 1000.0,
@@ -102,7 +129,11 @@ fn main() {
 
     println!();
     println!("route/http throughput: {CONNECTIONS} keep-alive connections for {seconds}s each; the load generator shares the machine");
-    for (name, addr) in [("direct", web), ("cairn", cairn_http)] {
+    for (name, addr) in [
+        ("direct", web),
+        ("plain proxy", http_relay),
+        ("cairn", cairn_http),
+    ] {
         let rps = throughput(addr, Duration::from_secs(seconds));
         println!("  {name:<22} {rps:>10.0} requests/s");
     }
@@ -174,6 +205,42 @@ async fn plain_relay(upstream: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// The HTTP floor: a hyper server whose requests go, unchanged but for the URI, through a pooled
+/// hyper-util client to one fixed upstream. No discovery, no retries, no header rewriting.
+async fn plain_http_proxy(upstream: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the HTTP relay");
+    let addr = listener.local_addr().expect("HTTP relay address");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                            *req.uri_mut() = format!("http://{upstream}{path}")
+                                .parse()
+                                .expect("a valid upstream URI");
+                            client.request(req).await
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// An HTTP/1.1 upstream answering every request with `ok\n`, keep-alive.
 async fn http_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -216,7 +283,7 @@ async fn start_cairn(
         .await
         .expect("registering the HTTP upstream");
     let service = |name: &str, protocol| ServiceConfig {
-        name: name.to_string(),
+        name: name.parse().expect("a valid service name"),
         listen: "127.0.0.1:0".parse().expect("an address"),
         protocol,
         route: RouteConfig::default(),
@@ -224,7 +291,7 @@ async fn start_cairn(
     };
     let config = Config {
         etcd: EtcdConfig {
-            endpoints: vec![endpoint.to_string()],
+            endpoints: vec![endpoint.parse().expect("a valid endpoint")],
             ..EtcdConfig::default()
         },
         admin: AdminConfig {
@@ -283,6 +350,16 @@ impl Exchange for TcpExchange {
     }
 }
 
+/// One exchange over a connection opened for it and closed after it.
+struct ConnectExchange(SocketAddr);
+
+impl Exchange for ConnectExchange {
+    fn exchange(&mut self) {
+        let mut conn = TcpExchange::new(self.0);
+        conn.exchange();
+    }
+}
+
 /// A minimal keep-alive HTTP/1.1 client: the same cost whatever it talks to.
 struct HttpExchange {
     writer: TcpStream,
@@ -337,13 +414,13 @@ impl Exchange for HttpExchange {
     }
 }
 
-/// `WARMUP` unmeasured exchanges, then `n` measured ones (ns each).
-fn measure(n: usize, mut conn: impl Exchange) -> Vec<u64> {
+/// `warmup` unmeasured exchanges, then `n` measured ones (ns each).
+fn measure(n: usize, warmup: usize, mut conn: impl Exchange) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
-    for i in 0..WARMUP + n {
+    for i in 0..warmup + n {
         let start = Instant::now();
         conn.exchange();
-        if i >= WARMUP {
+        if i >= warmup {
             out.push(start.elapsed().as_nanos() as u64);
         }
     }

@@ -5,9 +5,10 @@
 //! - `GET /services`: the snapshots as JSON, with the applied revision.
 //! - `GET /metrics`: counters in the Prometheus text format.
 
+mod config;
+mod metrics;
+
 use std::convert::Infallible;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,23 +17,25 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::prometheus_text::{encode, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::register;
+pub use config::AdminConfig;
+pub(crate) use config::RawAdmin;
+pub(crate) use metrics::StoreCollector;
+
 use crate::snapshot::Store;
-use crate::stats::{ListenerStats, Stats};
 
 /// What the admin endpoint reports on.
 pub(crate) struct Admin {
     /// The snapshots to show.
     pub(crate) store: Arc<Store>,
-    /// The counters to show.
-    pub(crate) stats: Arc<Stats>,
-    /// The state of this process's own registrations, when it has any.
-    pub(crate) registrations: Option<Arc<register::Status>>,
+    /// Every metric, the store's included.
+    pub(crate) registry: Arc<Registry>,
     /// Fires when the process starts draining; readiness turns 503 from then on.
     pub(crate) draining: CancellationToken,
 }
@@ -100,7 +103,7 @@ impl Admin {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp
             }
-            "/metrics" => text(StatusCode::OK, self.metrics()),
+            "/metrics" => self.metrics(),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /healthz, /readyz, /services or /metrics\n".to_string(),
@@ -133,175 +136,21 @@ impl Admin {
         })
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self) -> Response<Full<Bytes>> {
         let mut out = String::new();
-        let d = &self.stats.discovery;
-        metric_line(
-            &mut out,
-            "cairn_registry_revision",
-            "gauge",
-            "etcd revision the snapshots reflect.",
-            self.store.revision() as u64,
-        );
-        metric_line(
-            &mut out,
-            "cairn_registry_synced",
-            "gauge",
-            "1 once the registry has been listed.",
-            u64::from(self.store.synced()),
-        );
-        metric_line(
-            &mut out,
-            "cairn_registry_invalid_values_total",
-            "counter",
-            "Registry values skipped as unusable.",
-            d.invalid_values.load(Ordering::Relaxed),
-        );
-        metric_line(
-            &mut out,
-            "cairn_discovery_lists_total",
-            "counter",
-            "Full lists of the registry applied.",
-            d.lists.load(Ordering::Relaxed),
-        );
-        metric_line(
-            &mut out,
-            "cairn_discovery_watch_restarts_total",
-            "counter",
-            "Watch streams reopened.",
-            d.watch_restarts.load(Ordering::Relaxed),
-        );
-        metric_line(
-            &mut out,
-            "cairn_discovery_repeated_events_total",
-            "counter",
-            "Watch events dropped as already applied.",
-            d.repeated_events.load(Ordering::Relaxed),
-        );
-
-        let _ = writeln!(out, "# HELP cairn_service_instances Instances in the current snapshot.\n# TYPE cairn_service_instances gauge");
-        for (name, snapshot) in self.store.snapshots() {
-            let _ = writeln!(
-                out,
-                "cairn_service_instances{{service=\"{}\"}} {}",
-                escape(&name),
-                snapshot.len()
-            );
-        }
-
-        let listeners = self.stats.listeners();
-        type Read = fn(&ListenerStats) -> i64;
-        let families: [(&str, &str, &str, Read); 9] = [
-            (
-                "cairn_listener_accepted_total",
-                "counter",
-                "Connections accepted.",
-                |s| s.accepted.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_requests_total",
-                "counter",
-                "HTTP requests received.",
-                |s| s.requests.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_active",
-                "gauge",
-                "Connections or requests in flight.",
-                |s| s.active.load(Ordering::Relaxed),
-            ),
-            (
-                "cairn_listener_no_instances_total",
-                "counter",
-                "Connections or requests refused: no instances.",
-                |s| s.no_instances.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_connect_failures_total",
-                "counter",
-                "Connects to instances that failed.",
-                |s| s.connect_failures.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_exhausted_total",
-                "counter",
-                "Connections or requests for which every attempt failed.",
-                |s| s.exhausted.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_timeouts_total",
-                "counter",
-                "HTTP requests answered 504: no response headers in time.",
-                |s| s.timeouts.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_upstream_errors_total",
-                "counter",
-                "HTTP requests answered 502 after reaching an instance.",
-                |s| s.upstream_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "cairn_listener_not_found_total",
-                "counter",
-                "Gateway requests answered 404: unknown service.",
-                |s| s.not_found.load(Ordering::Relaxed) as i64,
-            ),
-        ];
-        for (name, kind, help, read) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (listen, s) in &listeners {
-                let _ = writeln!(
-                    out,
-                    "{name}{{listen=\"{}\",service=\"{}\"}} {}",
-                    escape(listen),
-                    escape(&s.service),
-                    read(s)
-                );
+        match encode(&mut out, &self.registry) {
+            Ok(()) => {
+                let mut resp = text(StatusCode::OK, out);
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+                resp
             }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the metrics: {e}\n"),
+            ),
         }
-        if let Some(r) = &self.registrations {
-            let _ = writeln!(out, "# HELP cairn_registration_registered 1 while the instance's key is written under the live lease.\n# TYPE cairn_registration_registered gauge");
-            for (label, flag) in r.labels.iter().zip(&r.registered) {
-                let (service, id) = label.split_once('/').unwrap_or((label, ""));
-                let _ = writeln!(
-                    out,
-                    "cairn_registration_registered{{service=\"{}\",id=\"{}\"}} {}",
-                    escape(service),
-                    escape(id),
-                    u8::from(flag.load(Ordering::Relaxed))
-                );
-            }
-            metric_line(
-                &mut out,
-                "cairn_registration_lease_grants_total",
-                "counter",
-                "Leases granted for this process's registrations.",
-                r.lease_grants.load(Ordering::Relaxed),
-            );
-            metric_line(
-                &mut out,
-                "cairn_registration_repairs_total",
-                "counter",
-                "Registered keys put back after someone deleted or overwrote them.",
-                r.repairs.load(Ordering::Relaxed),
-            );
-        }
-        out
     }
-}
-
-fn metric_line(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// Escapes a Prometheus label value.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,13 +14,15 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{
-    AdminConfig, Config, EtcdConfig, GatewayConfig, Limits, Protocol, RouteConfig, ServiceConfig,
-};
+use crate::admin::AdminConfig;
+use crate::config::Config;
 use crate::error::Error;
+use crate::etcd::EtcdConfig;
+use crate::proxy::{GatewayConfig, Limits, Protocol, RouteConfig, ServiceConfig};
 use crate::server::Server;
 
 /// How long a fresh etcd may take to elect itself and answer.
@@ -76,14 +78,16 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
 
     let config = Config {
         etcd: EtcdConfig {
-            endpoints: vec![endpoint.clone()],
+            endpoints: vec![endpoint
+                .parse()
+                .map_err(|e: String| Error::Dev(format!("the demo etcd's URL: {e}")))?],
             ..EtcdConfig::default()
         },
         admin: AdminConfig {
             listen: free_or_ephemeral(AdminConfig::default().listen).await,
         },
         services: vec![ServiceConfig {
-            name: "demo".to_string(),
+            name: "demo".parse().expect("\"demo\" is a valid service name"),
             listen: free_or_ephemeral(SocketAddr::from(([127, 0, 0, 1], 7001))).await,
             protocol: Protocol::Http,
             route: RouteConfig::default(),

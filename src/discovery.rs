@@ -1,73 +1,42 @@
 //! Discovery: list the registry prefix at one revision, then watch it from the next, forever.
 //!
 //! The task pushes [`Update`]s to a [`Sink`]: a `Reset` with the whole registry after every list,
-//! then `Changes` per watch response. It never misses a change: a broken stream resumes from the
-//! last applied revision + 1, repeated events are dropped, and a compaction that overtook cairn
-//! triggers a fresh list. It never blocks readers: the sink swaps snapshots, and while etcd is
-//! away the last ones keep serving.
+//! then `Changes` per watch response. It never misses a change:
+//! - a broken stream resumes from the last applied revision + 1;
+//! - repeated events (etcd 3.4 can send them twice) are dropped;
+//! - a compaction that overtook cairn, or a registry that was replaced (the cluster id changed or
+//!   the revision went backwards: etcd was restored or wiped), triggers a fresh list;
+//! - a watch silent for longer than etcd's progress interval is reopened.
+//!
+//! It never blocks readers: the sink swaps snapshots, and while etcd is away the last ones keep
+//! serving. etcd is reached through [`ListWatch`], so the state machine is unit-tested on a
+//! paused clock against a fake.
 
-use std::sync::atomic::Ordering;
+mod etcd;
+mod metrics;
+mod source;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, KeyValue, WatchOptions, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use etcd::EtcdSource;
+pub use metrics::DiscoveryMetrics;
+pub use source::{Event, Header, Kv, ListWatch, Listing, WatchMessage, WatchStream};
+
 use crate::backoff::Backoff;
-use crate::etcd::{describe, list_prefix, Outage, MAX_DECODE_BYTES};
+use crate::etcd::Outage;
+use crate::instance::Instance;
 use crate::registry::{parse_value, split_key};
 use crate::shutdown::{cancellable, sleep};
-use crate::snapshot::Instance;
-use crate::stats::DiscoveryStats;
-
-/// One step of the registry's history, as discovery delivers it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Update {
-    /// The whole registry at `revision`; everything before is replaced.
-    Reset {
-        /// The revision the list was pinned to.
-        revision: i64,
-        /// Every usable instance, with its service.
-        instances: Vec<(String, Instance)>,
-    },
-    /// The changes of one watch response, in order; all happened at or below `revision`.
-    Changes {
-        /// The highest revision applied by these changes.
-        revision: i64,
-        /// Puts and deletes, in etcd's order.
-        changes: Vec<Change>,
-    },
-}
-
-/// One change to one instance.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// An instance was added or its value changed.
-    Put {
-        /// The service it belongs to.
-        service: String,
-        /// The instance as it is now.
-        instance: Instance,
-        /// The etcd revision of the change.
-        revision: i64,
-    },
-    /// An instance is gone, or its key now holds a value cairn cannot use.
-    Delete {
-        /// The service it belonged to.
-        service: String,
-        /// Its instance id.
-        id: String,
-        /// The etcd revision of the change.
-        revision: i64,
-    },
-}
-
-/// Where discovery delivers updates. `apply` must not block: it runs on the watch task.
-pub trait Sink: Send + 'static {
-    /// Applies one update.
-    fn apply(&mut self, update: Update);
-}
+use crate::update::{Change, Sink, Update};
 
 /// etcd sends a progress notification about every 10 minutes on an idle watch. A stream silent
 /// for half again as long is assumed stuck (a partition the HTTP/2 pings did not catch), and is
@@ -80,35 +49,58 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The list-then-watch task for one registry prefix.
-pub struct Discovery<S> {
-    /// The etcd client; its channel reconnects by itself.
-    client: Client,
+#[derive(Debug)]
+pub struct Discovery<L, S> {
+    /// Where the registry is read from.
+    source: L,
     /// The registry prefix, ending with `/`.
     prefix: String,
     /// Where updates go.
     sink: S,
     /// Counters for `/metrics`.
-    stats: Arc<DiscoveryStats>,
+    metrics: DiscoveryMetrics,
 }
 
 /// Why a watch stream ended.
+#[derive(Debug)]
 enum StreamEnd {
     /// The process is shutting down.
     Shutdown,
-    /// The start revision was compacted: list again.
-    Compacted(i64),
+    /// The registry must be listed again: compaction, or a replaced registry.
+    Relist,
     /// The stream broke; reopen it from the last applied revision.
     Broken(String),
 }
 
-impl<S: Sink> Discovery<S> {
-    /// A discovery task for `prefix` delivering to `sink`.
-    pub fn new(client: Client, prefix: &str, sink: S, stats: Arc<DiscoveryStats>) -> Discovery<S> {
+/// Where the task stands in the registry's history.
+#[derive(Debug, Default)]
+struct Position {
+    /// The revision up to which every update has been delivered; `None` means list first.
+    applied: Option<i64>,
+    /// The cluster that answered the last list.
+    cluster_id: u64,
+}
+
+impl<S: Sink> Discovery<EtcdSource, S> {
+    /// A discovery task reading `prefix` from etcd through `client`, delivering to `sink`.
+    pub fn new(
+        client: etcd_client::Client,
+        prefix: &str,
+        sink: S,
+        metrics: DiscoveryMetrics,
+    ) -> Self {
+        Discovery::with_source(EtcdSource::new(client, prefix), prefix, sink, metrics)
+    }
+}
+
+impl<L: ListWatch, S: Sink> Discovery<L, S> {
+    /// A discovery task reading `prefix` through `source`.
+    pub fn with_source(source: L, prefix: &str, sink: S, metrics: DiscoveryMetrics) -> Self {
         Discovery {
-            client,
+            source,
             prefix: prefix.to_string(),
             sink,
-            stats,
+            metrics,
         }
     }
 
@@ -121,20 +113,16 @@ impl<S: Sink> Discovery<S> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut outage = Outage::default();
-        // The revision up to which every update has been delivered; None means list first.
-        let mut applied: Option<i64> = None;
+        let mut at = Position::default();
         let mut watches = 0u64;
         loop {
-            let revision = match applied {
+            let applied = match at.applied {
                 Some(rev) => rev,
-                None => match cancellable(&shutdown, self.list()).await {
+                None => match cancellable(&shutdown, self.list(&mut at)).await {
                     None => return,
-                    Some(Ok(rev)) => {
-                        applied = Some(rev);
-                        rev
-                    }
+                    Some(Ok(rev)) => rev,
                     Some(Err(e)) => {
-                        outage.failed("listing the registry", &describe(&e));
+                        outage.failed("listing the registry", &e.to_string());
                         if !sleep(&shutdown, backoff.next_delay()).await {
                             return;
                         }
@@ -143,11 +131,11 @@ impl<S: Sink> Discovery<S> {
                 },
             };
 
-            let stream = match cancellable(&shutdown, self.watch_from(revision + 1)).await {
+            let stream = match cancellable(&shutdown, self.source.watch(applied + 1)).await {
                 None => return,
                 Some(Ok(stream)) => stream,
                 Some(Err(e)) => {
-                    outage.failed("watching the registry", &describe(&e));
+                    outage.failed("watching the registry", &e.to_string());
                     if !sleep(&shutdown, backoff.next_delay()).await {
                         return;
                     }
@@ -156,27 +144,20 @@ impl<S: Sink> Discovery<S> {
             };
             watches += 1;
             if watches > 1 {
-                self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                self.metrics.watch_restarts.inc();
             }
 
-            let mut last = revision;
             match self
-                .follow(stream, &mut last, &mut backoff, &mut outage, &shutdown)
+                .follow(stream, &mut at, &mut backoff, &mut outage, &shutdown)
                 .await
             {
                 StreamEnd::Shutdown => return,
-                StreamEnd::Compacted(compact) => {
-                    info!(
-                        applied = last,
-                        compact_revision = compact,
-                        "registry compacted past the watch, listing again"
-                    );
-                    applied = None;
+                StreamEnd::Relist => {
+                    at.applied = None;
                     continue;
                 }
                 StreamEnd::Broken(why) => {
                     outage.failed("watching the registry", &why);
-                    applied = Some(last);
                 }
             }
             if !sleep(&shutdown, backoff.next_delay()).await {
@@ -185,106 +166,104 @@ impl<S: Sink> Discovery<S> {
         }
     }
 
-    /// Lists the whole prefix, page by page, pinned to the revision of the first page, and
-    /// delivers it as one `Reset`. Returns that revision.
-    async fn list(&mut self) -> Result<i64, etcd_client::Error> {
-        let (revision, kvs) = list_prefix(&self.client, &self.prefix).await?;
-        let instances: Vec<(String, Instance)> =
-            kvs.iter().filter_map(|kv| self.read(kv)).collect();
-        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+    /// Lists the whole prefix, pinned to one revision, and delivers it as one `Reset`.
+    /// Returns that revision.
+    async fn list(&mut self, at: &mut Position) -> Result<i64, crate::etcd::EtcdError> {
+        let listing = self.source.list().await?;
+        let Header {
+            cluster_id,
+            revision,
+        } = listing.header;
+        if at.cluster_id != 0 && cluster_id != at.cluster_id {
+            warn!(
+                old = at.cluster_id,
+                new = cluster_id,
+                "etcd answers as another cluster now (restored or replaced); serving its registry"
+            );
+        }
+        at.cluster_id = cluster_id;
+        let instances: Vec<(String, Arc<Instance>)> =
+            listing.kvs.iter().filter_map(|kv| self.read(kv)).collect();
+        self.metrics.lists.inc();
         info!(revision, instances = instances.len(), "registry listed");
         self.sink.apply(Update::Reset {
             revision,
             instances,
         });
+        at.applied = Some(revision);
         Ok(revision)
     }
 
-    async fn watch_from(&mut self, start: i64) -> Result<WatchStream, etcd_client::Error> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start)
-            .with_prev_key()
-            .with_progress_notify();
-        self.client
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODE_BYTES)
-            .watch(self.prefix.clone(), Some(options))
-            .await
-    }
-
-    /// Applies watch responses until the stream ends; `applied` tracks the last applied revision.
+    /// Applies watch messages until the stream ends.
     async fn follow(
         &mut self,
-        mut stream: WatchStream,
-        applied: &mut i64,
+        mut stream: L::Watch,
+        at: &mut Position,
         backoff: &mut Backoff,
         outage: &mut Outage,
         shutdown: &CancellationToken,
     ) -> StreamEnd {
+        let Some(mut applied) = at.applied else {
+            return StreamEnd::Relist;
+        };
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return StreamEnd::Shutdown,
-                m = tokio::time::timeout(WATCH_SILENCE, stream.message()) => m,
+                m = tokio::time::timeout(WATCH_SILENCE, stream.next()) => m,
             };
-            let resp = match message {
-                Err(_) => return StreamEnd::Broken(format!("no message for {WATCH_SILENCE:?}")),
-                Ok(Err(e)) => return StreamEnd::Broken(describe(&e)),
+            let message = match message {
+                Err(_) => {
+                    return StreamEnd::Broken(format!(
+                        "no message for {}",
+                        humantime::format_duration(WATCH_SILENCE)
+                    ))
+                }
+                Ok(Err(e)) => return StreamEnd::Broken(e.to_string()),
                 Ok(Ok(None)) => {
                     return StreamEnd::Broken("stream closed by the server".to_string())
                 }
-                Ok(Ok(Some(resp))) => resp,
+                Ok(Ok(Some(m))) => m,
             };
-            if resp.canceled() {
-                if resp.compact_revision() > 0 {
-                    return StreamEnd::Compacted(resp.compact_revision());
+            let header = match &message {
+                WatchMessage::Compacted { compact_revision } => {
+                    info!(
+                        applied,
+                        compact_revision, "registry compacted past the watch, listing again"
+                    );
+                    return StreamEnd::Relist;
                 }
-                return StreamEnd::Broken(format!("watch canceled: {}", resp.cancel_reason()));
+                WatchMessage::Canceled { reason } => {
+                    return StreamEnd::Broken(format!("watch canceled: {reason}"))
+                }
+                WatchMessage::Created(h)
+                | WatchMessage::Progress(h)
+                | WatchMessage::Events(h, _) => *h,
+            };
+            if let Some(why) = replaced(at.cluster_id, applied, header) {
+                warn!(
+                    applied,
+                    revision = header.revision,
+                    "the registry in etcd was replaced ({why}), listing again"
+                );
+                return StreamEnd::Relist;
             }
-            if resp.created() {
-                debug!(start = *applied + 1, "registry watch open");
-                backoff.reset();
-                outage.recovered("watching the registry");
-            }
-            if resp.events().is_empty() {
-                // Creation or progress notification. On etcd 3.4 a progress reply can overtake
-                // pending events, so its header revision is never taken as applied.
-                continue;
-            }
-            let mut changes = Vec::with_capacity(resp.events().len());
-            let mut newest = *applied;
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                if kv.mod_revision() <= *applied {
-                    // etcd 3.4 can deliver events twice around compaction and snapshots.
-                    self.stats.repeated_events.fetch_add(1, Ordering::Relaxed);
+            let events = match message {
+                WatchMessage::Created(_) => {
+                    debug!(start = applied + 1, "registry watch open");
+                    backoff.reset();
+                    outage.recovered("watching the registry");
                     continue;
                 }
-                let revision = kv.mod_revision();
-                newest = newest.max(revision);
-                let Some((service, id)) = split_key(&self.prefix, kv.key()) else {
-                    continue;
-                };
-                let put = match event.event_type() {
-                    EventType::Put => self.read(kv),
-                    EventType::Delete => None,
-                };
-                changes.push(match put {
-                    Some((service, instance)) => Change::Put {
-                        service,
-                        instance,
-                        revision,
-                    },
-                    // Deleted, or the key now holds nothing usable: its old instance must go.
-                    None => Change::Delete {
-                        service: service.to_string(),
-                        id: id.to_string(),
-                        revision,
-                    },
-                });
-            }
-            if newest > *applied {
-                *applied = newest;
+                // On etcd 3.4 a progress reply can overtake pending events, so its header
+                // revision is never taken as applied.
+                WatchMessage::Progress(_) => continue,
+                WatchMessage::Events(_, events) => events,
+                WatchMessage::Compacted { .. } | WatchMessage::Canceled { .. } => continue,
+            };
+            let (newest, changes) = self.changes(applied, events);
+            if newest > applied {
+                applied = newest;
+                at.applied = Some(newest);
                 self.sink.apply(Update::Changes {
                     revision: newest,
                     changes,
@@ -293,22 +272,71 @@ impl<S: Sink> Discovery<S> {
         }
     }
 
+    /// The changes of one watch response beyond `applied`, and the newest revision among them.
+    fn changes(&self, applied: i64, events: Vec<Event>) -> (i64, Vec<Change>) {
+        let mut changes = Vec::with_capacity(events.len());
+        let mut newest = applied;
+        for event in events {
+            let revision = event.kv.mod_revision;
+            if revision <= applied {
+                // etcd 3.4 can deliver events twice around compaction and snapshots.
+                self.metrics.repeated_events.inc();
+                continue;
+            }
+            newest = newest.max(revision);
+            let Some((service, id)) = split_key(&self.prefix, &event.kv.key) else {
+                continue;
+            };
+            let put = if event.deleted {
+                None
+            } else {
+                self.read(&event.kv)
+            };
+            changes.push(match put {
+                Some((service, instance)) => Change::Put {
+                    service,
+                    instance,
+                    revision,
+                },
+                // Deleted, or the key now holds nothing usable: its old instance must go.
+                None => Change::Delete {
+                    service: service.to_string(),
+                    id: id.to_string(),
+                    revision,
+                },
+            });
+        }
+        (newest, changes)
+    }
+
     /// Reads one registry entry; unusable ones are logged, counted and skipped.
-    fn read(&self, kv: &KeyValue) -> Option<(String, Instance)> {
-        let (service, id) = split_key(&self.prefix, kv.key())?;
-        match parse_value(kv.value()) {
+    fn read(&self, kv: &Kv) -> Option<(String, Arc<Instance>)> {
+        let (service, id) = split_key(&self.prefix, &kv.key)?;
+        match parse_value(&kv.value) {
             Ok(endpoint) => Some((
                 service.to_string(),
-                Instance {
+                Arc::new(Instance {
                     id: id.to_string(),
                     endpoint,
-                },
+                }),
             )),
             Err(e) => {
-                self.stats.invalid_values.fetch_add(1, Ordering::Relaxed);
-                warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "skipping unusable instance");
+                self.metrics.invalid_values.inc();
+                warn!(key = ?String::from_utf8_lossy(&kv.key), error = %e, "skipping unusable instance");
                 None
             }
         }
+    }
+}
+
+/// Why `header` says the registry was replaced since cairn listed it at cluster `cluster_id` and
+/// applied up to `applied`, if it does.
+fn replaced(cluster_id: u64, applied: i64, header: Header) -> Option<&'static str> {
+    if header.cluster_id != 0 && cluster_id != 0 && header.cluster_id != cluster_id {
+        Some("the cluster id changed")
+    } else if header.revision > 0 && header.revision < applied {
+        Some("its revision went backwards")
+    } else {
+        None
     }
 }

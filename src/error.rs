@@ -1,9 +1,10 @@
-//! The library's error type.
+//! The library's error type: what can stop cairn from starting or a command from finishing.
 
 use std::io;
 use std::net::SocketAddr;
 
 use crate::config::ConfigError;
+use crate::etcd::EtcdError;
 
 /// What can stop cairn from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +22,17 @@ pub enum Error {
         /// The operating system's answer.
         source: io::Error,
     },
-    /// The etcd client could not be built or a call failed for good.
-    #[error("etcd: {}", crate::etcd::describe(.0))]
-    EtcdClient(#[from] etcd_client::Error),
-    /// An etcd request of a one-shot command failed; the message says which.
+    /// The etcd client could not be built.
     #[error("etcd: {0}")]
-    Etcd(String),
+    Etcd(#[from] EtcdError),
+    /// An etcd request of a one-shot command failed.
+    #[error("etcd: {what}: {source}")]
+    EtcdCall {
+        /// What the command was doing, such as `listing /services/`.
+        what: String,
+        /// etcd's answer.
+        source: EtcdError,
+    },
     /// The command line asks for something that cannot be done.
     #[error("{0}")]
     Usage(String),
@@ -41,4 +47,10 @@ pub enum Error {
         /// The operating system's answer.
         source: io::Error,
     },
+}
+
+impl From<etcd_client::Error> for Error {
+    fn from(e: etcd_client::Error) -> Error {
+        Error::Etcd(e.into())
+    }
 }

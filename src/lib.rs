@@ -10,37 +10,68 @@
 //!                                       application ──▶ listener ─────┴──▶ instance
 //! ```
 //!
-//! # Crate map
-//! - [`config`]: the TOML file, validated with line-accurate errors.
-//! - [`registry`]: key layout and the three value formats (plain, JSON, etcd endpoints).
-//! - [`discovery`]: list-then-watch with resume, dedup and compaction recovery.
-//! - [`snapshot`]: immutable per-service snapshots behind `ArcSwap`, and the writer that swaps them.
-//! - [`balance`]: lock-free, allocation-free picking policies.
-//! - [`register`]: this node's own instances under a kept-alive lease, gated on health checks.
-//! - `proxy`: the TCP data plane.
-//! - `admin`: `/healthz`, `/readyz`, `/services`, `/metrics`.
-//! - [`server`]: binds everything and shuts down in order.
-//! - [`dev`]: the `cairn dev` demo.
-//! - [`cli`], [`shutdown`], [`stats`], [`etcd`]: the command line, the root signal, counters
-//!   and the etcd connection.
+//! # Crate map, bottom to top
+//! Dependencies run one way: a module only uses modules of its own layer or below (a test in
+//! `tests/it/layers.rs` checks the import graph).
+//!
+//! 1. **Domain core**, no I/O:
+//!    - [`addr`]: instance addresses; [`registry`]: key layout and the three value formats;
+//!      [`instance`]: one registered instance;
+//!    - [`update`]: what discovery delivers (`Reset`, `Changes`) and the [`update::Sink`] it
+//!      delivers to;
+//!    - [`snapshot`]: immutable per-service snapshots behind `ArcSwap`, the writer that swaps
+//!      them, and the order a failed pick retries in; [`balance`]: picking policies;
+//!    - [`field`]: config field types and located errors shared by every component;
+//!      [`backoff`]: retry delays.
+//! 2. **Runtime support**: [`shutdown`] (the root signal), `net` (dialing), `throttle` (one
+//!    warning a second).
+//! 3. **Components**, each owning its config section and validation:
+//!    - [`etcd`]: the connection, paged reads, one-line errors, outage logging;
+//!    - [`discovery`]: list-then-watch with resume, dedup, compaction and restore recovery,
+//!      behind the [`discovery::ListWatch`] trait;
+//!    - [`register`]: this node's own instances under a kept-alive lease, gated on health
+//!      checks, behind the [`register::LeaseKeys`] trait;
+//!    - [`proxy`]: the TCP and HTTP data planes with one failure path;
+//!    - [`admin`]: `/healthz`, `/readyz`, `/services`, `/metrics`.
+//! 4. **Top**: [`config`] aggregates the sections, [`server`] wires the components together,
+//!    [`cli`] and [`dev`] are the commands, [`Error`] what stops them.
 
-mod admin;
-mod backoff;
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![warn(clippy::unwrap_used, clippy::dbg_macro, clippy::todo)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod addr;
+pub mod backoff;
 pub mod balance;
+pub mod field;
+pub mod instance;
+pub mod registry;
+pub mod snapshot;
+pub mod update;
+
+pub(crate) mod net;
+pub mod shutdown;
+pub(crate) mod throttle;
+
+pub mod admin;
+pub mod discovery;
+pub mod etcd;
+pub mod proxy;
+pub mod register;
+
 pub mod cli;
 pub mod config;
 pub mod dev;
-pub mod discovery;
 mod error;
-pub mod etcd;
-mod proxy;
-pub mod register;
-pub mod registry;
 pub mod server;
-pub mod shutdown;
-pub mod snapshot;
-pub mod stats;
 
+pub use addr::Addr;
 pub use balance::Balance;
 pub use config::Config;
 pub use error::Error;

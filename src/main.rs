@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                 let shutdown = cairn::shutdown::on_signal();
                 Server::bind(config)
                     .await?
-                    .run(shutdown, shutdown_grace)
+                    .run(shutdown, shutdown_grace.0)
                     .await
             })
         }
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         }
         Command::Watch { etcd, service } => block_on(async move {
             let shutdown = cairn::shutdown::on_signal();
-            cli::watch(&etcd, service, shutdown).await
+            cli::watch(&etcd, service.map(|s| s.to_string()), shutdown).await
         }),
     }
 }

@@ -9,7 +9,8 @@
 //! - a failing health check: delete that instance's key after `fall` failures, put it back after
 //!   `rise` passes. An instance with a check is registered only once it has passed.
 //!
-//! Stopping revokes the lease, so every key vanishes at once.
+//! Stopping revokes the lease, so every key vanishes at once. etcd is reached through
+//! [`LeaseKeys`], so the state machine is unit-tested on a paused clock against a fake.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,83 +29,35 @@
 //! ```
 
 mod check;
+mod config;
+mod etcd;
+mod lease;
+mod status;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchStream,
-};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use check::{Check, Probe};
+pub use check::{Check, CheckUrl, Probe};
+pub use config::{default_id, Registration, Ttl, MIN_TTL};
+pub(crate) use config::{validate, RawRegister};
+pub use etcd::EtcdLeases;
+pub use lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
+pub use status::Status;
 
 use crate::backoff::Backoff;
-use crate::etcd::{describe, Outage};
-use crate::registry::{instance_key, Addr, Endpoint};
-use crate::shutdown::sleep;
-
-/// One instance to register.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Registration {
-    /// The service it belongs to.
-    pub service: String,
-    /// Its instance id, unique within the service.
-    pub id: String,
-    /// What the registry value says: address, format, and weight, zone or metadata.
-    pub endpoint: Endpoint,
-    /// When set, the instance is registered only while this check passes.
-    pub check: Option<Check>,
-}
-
-impl Registration {
-    /// An instance with no health check.
-    pub fn new(
-        service: impl Into<String>,
-        id: impl Into<String>,
-        endpoint: Endpoint,
-    ) -> Registration {
-        Registration {
-            service: service.into(),
-            id: id.into(),
-            endpoint,
-            check: None,
-        }
-    }
-
-    /// Registers the instance only while `check` passes.
-    pub fn with_check(mut self, check: Check) -> Registration {
-        self.check = Some(check);
-        self
-    }
-
-    /// `service/id`, for logs.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.service, self.id)
-    }
-}
-
-/// The default instance id: `<hostname>-<port>`.
-pub fn default_id(addr: &Addr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
-    format!("{host}-{}", addr.port())
-}
-
-/// The shortest lease etcd grants; shorter requests get this much anyway.
-pub const MIN_TTL: Duration = Duration::from_secs(2);
-
-/// Keys written per transaction. Each key costs two comparisons (value and lease), and etcd
-/// refuses more than 128 operations per list by default, so 64 keys stay within every list.
-const KEYS_PER_TXN: usize = 64;
+use crate::etcd::{EtcdError, Outage};
+use crate::registry::instance_key;
+use crate::shutdown::{cancellable, sleep};
 
 /// Retry delays: reconnect within a second of etcd's return, so a registration lost during an
 /// outage is back quickly.
@@ -118,31 +71,27 @@ const REPAIR_SPACING: Duration = Duration::from_secs(1);
 /// How long revoking the lease may take at stop before giving up (the keys then expire by TTL).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Live state of a registrar, for `/metrics` and tests.
-#[derive(Debug)]
-pub struct Status {
-    /// `service/id` of each registration, in order.
-    pub labels: Vec<String>,
-    /// Whether each registration's key is currently written under the live lease.
-    pub registered: Vec<AtomicBool>,
-    /// Leases granted (1 in a quiet life; one more per lost lease).
-    pub lease_grants: AtomicU64,
-    /// Keys put back after someone else deleted or overwrote them.
-    pub repairs: AtomicU64,
-}
-
 /// Registers instances under one lease; see the module documentation.
-pub struct Registrar {
-    client: Client,
+#[derive(Debug)]
+pub struct Registrar<K = EtcdLeases> {
+    /// Where leases and keys are written.
+    keys: K,
+    /// The registry prefix.
     prefix: String,
+    /// The lease TTL, at least [`MIN_TTL`].
     ttl: Duration,
+    /// What to register.
     instances: Vec<Registration>,
 }
 
 /// The handle of a running registrar.
+#[derive(Debug)]
 pub struct Handle {
+    /// Stops the registrar.
     stop: CancellationToken,
+    /// The registrar's task.
     task: tokio::task::JoinHandle<()>,
+    /// Its live state.
     status: Arc<Status>,
 }
 
@@ -161,22 +110,25 @@ impl Handle {
 
 /// One instance as the registrar tracks it.
 struct Owned {
+    /// `service/id`, for logs.
     label: String,
+    /// Its registry key.
     key: String,
+    /// Its encoded value.
     value: String,
     /// Whether it should be registered now: no check, or its check passes.
     healthy: bool,
 }
 
 /// A live lease with its keepalive stream and the watch over the owned keys.
-struct Session {
+struct Session<K: LeaseKeys> {
     lease: i64,
-    keeper: LeaseKeeper,
-    keepalives: LeaseKeepAliveStream,
-    watch: Option<WatchStream>,
+    keepalive: K::KeepAlive,
+    watch: Option<K::Watch>,
 }
 
 /// Why a session ended.
+#[derive(Debug)]
 enum End {
     Stop,
     /// The lease is gone: grant a new one.
@@ -185,17 +137,36 @@ enum End {
     Broken(String),
 }
 
-impl Registrar {
-    /// A registrar for `instances` under `prefix`, with a lease of `ttl` (rounded up to whole
-    /// seconds, at least [`MIN_TTL`]).
+impl From<EtcdError> for End {
+    /// A call that names a lease etcd no longer has means the lease is lost; anything else is a
+    /// broken connection.
+    fn from(e: EtcdError) -> End {
+        if e.is_lease_gone() {
+            End::LeaseLost(e.to_string())
+        } else {
+            End::Broken(e.to_string())
+        }
+    }
+}
+
+impl Registrar<EtcdLeases> {
+    /// A registrar for `instances` under `prefix` in etcd, with a lease of `ttl` (rounded up to
+    /// whole seconds, at least [`MIN_TTL`]).
     pub fn new(
-        client: Client,
+        client: etcd_client::Client,
         prefix: &str,
         ttl: Duration,
         instances: Vec<Registration>,
-    ) -> Registrar {
+    ) -> Self {
+        Registrar::with_keys(EtcdLeases::new(client), prefix, ttl, instances)
+    }
+}
+
+impl<K: LeaseKeys> Registrar<K> {
+    /// A registrar writing through `keys`.
+    pub fn with_keys(keys: K, prefix: &str, ttl: Duration, instances: Vec<Registration>) -> Self {
         Registrar {
-            client,
+            keys,
             prefix: prefix.to_string(),
             ttl: ttl.max(MIN_TTL),
             instances,
@@ -205,16 +176,7 @@ impl Registrar {
     /// Starts registering in the background.
     pub fn spawn(self) -> Handle {
         let stop = CancellationToken::new();
-        let status = Arc::new(Status {
-            labels: self.instances.iter().map(Registration::label).collect(),
-            registered: self
-                .instances
-                .iter()
-                .map(|_| AtomicBool::new(false))
-                .collect(),
-            lease_grants: AtomicU64::new(0),
-            repairs: AtomicU64::new(0),
-        });
+        let status = Arc::new(Status::new(&self.instances));
         let task = tokio::spawn(self.run(stop.clone(), Arc::clone(&status)));
         Handle { stop, task, status }
     }
@@ -223,7 +185,7 @@ impl Registrar {
         self.ttl.as_secs() as i64 + i64::from(self.ttl.subsec_nanos() > 0)
     }
 
-    async fn run(self, stop: CancellationToken, status: Arc<Status>) {
+    async fn run(mut self, stop: CancellationToken, status: Arc<Status>) {
         let mut owned: Vec<Owned> = self
             .instances
             .iter()
@@ -261,12 +223,12 @@ impl Registrar {
                     attempt += 1;
                     let delay = backoff.next_delay();
                     if registered_once {
-                        outage.failed("registering", &describe(&e));
+                        outage.failed("registering", &e.to_string());
                     } else {
-                        warn!(attempt, retry_in = ?delay, error = %describe(&e), "registering failed, etcd unreachable? retrying");
+                        warn!(attempt, retry_in = ?delay, error = %e, "registering failed, etcd unreachable? retrying");
                     }
                     // Health changes keep arriving while etcd is away; the next session uses them.
-                    let deadline = tokio::time::Instant::now() + delay;
+                    let deadline = Instant::now() + delay;
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
@@ -291,11 +253,11 @@ impl Registrar {
                 End::LeaseLost(why) => {
                     warn!(lease = session.lease, reason = %why, "lease lost, granting a new one and registering again");
                     lease = None;
-                    for flag in &status.registered {
-                        flag.store(false, Ordering::Relaxed);
-                    }
+                    status.clear();
                 }
-                End::Broken(why) => outage.failed("keeping the registration alive", &why),
+                End::Broken(why) => {
+                    outage.failed("keeping the registration alive", &why);
+                }
             }
             if !sleep(&stop, backoff.next_delay()).await {
                 break;
@@ -303,15 +265,12 @@ impl Registrar {
         }
 
         checks_stop.cancel();
-        for flag in &status.registered {
-            flag.store(false, Ordering::Relaxed);
-        }
+        status.clear();
         if let Some(id) = lease {
-            let mut leases = self.client.lease_client();
-            match tokio::time::timeout(REVOKE_TIMEOUT, leases.revoke(id)).await {
-                Ok(Ok(_)) => info!(lease = id, "lease revoked, instances deregistered"),
+            match tokio::time::timeout(REVOKE_TIMEOUT, self.keys.revoke(id)).await {
+                Ok(Ok(())) => info!(lease = id, "lease revoked, instances deregistered"),
                 Ok(Err(e)) => {
-                    warn!(lease = id, error = %describe(&e), "could not revoke the lease; its keys expire within the ttl")
+                    warn!(lease = id, error = %e, "could not revoke the lease; its keys expire within the ttl")
                 }
                 Err(_) => warn!(
                     lease = id,
@@ -324,96 +283,56 @@ impl Registrar {
     /// Gets a live lease (the old one if etcd still has it), writes the healthy instances' keys,
     /// removes the unhealthy ones', and watches the owned keys.
     async fn establish(
-        &self,
+        &mut self,
         lease: &mut Option<i64>,
         owned: &[Owned],
         status: &Status,
-    ) -> Result<Session, etcd_client::Error> {
-        let mut leases = self.client.lease_client();
+    ) -> Result<Session<K>, EtcdError> {
         let mut kept = None;
         if let Some(id) = *lease {
-            match leases.keep_alive(id).await {
+            match self.keys.keep_alive(id).await {
                 Ok(k) => kept = Some((id, k)),
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => *lease = None,
+                Err(e) if e.is_lease_gone() => *lease = None,
                 Err(e) => return Err(e),
             }
         }
-        let (id, (keeper, keepalives)) = match kept {
+        let (id, keepalive) = match kept {
             Some(k) => k,
             None => {
-                let id = leases.grant(self.ttl_secs(), None).await?.id();
-                status.lease_grants.fetch_add(1, Ordering::Relaxed);
+                let id = self.keys.grant(self.ttl_secs()).await?;
+                status.lease_grants.inc();
                 *lease = Some(id);
-                (id, leases.keep_alive(id).await?)
+                (id, self.keys.keep_alive(id).await?)
             }
         };
 
-        let mut kv = self.client.kv_client();
-        let mut revision = 0;
-        let healthy: Vec<&Owned> = owned.iter().filter(|o| o.healthy).collect();
-        for chunk in healthy.chunks(KEYS_PER_TXN) {
-            // Written only if anything differs, so a reconnect that finds everything in place
-            // does not wake every watcher of the registry.
-            let same: Vec<Compare> = chunk
-                .iter()
-                .flat_map(|o| {
-                    [
-                        Compare::value(o.key.as_str(), CompareOp::Equal, o.value.as_str()),
-                        Compare::lease(o.key.as_str(), CompareOp::Equal, id),
-                    ]
-                })
-                .collect();
-            let puts: Vec<TxnOp> = chunk
-                .iter()
-                .map(|o| {
-                    TxnOp::put(
-                        o.key.as_str(),
-                        o.value.as_str(),
-                        Some(PutOptions::new().with_lease(id)),
-                    )
-                })
-                .collect();
-            let resp = kv.txn(Txn::new().when(same).or_else(puts)).await?;
-            revision = revision.max(resp.header().map(|h| h.revision()).unwrap_or_default());
-        }
+        let healthy: Vec<(&str, &str)> = owned
+            .iter()
+            .filter(|o| o.healthy)
+            .map(|o| (o.key.as_str(), o.value.as_str()))
+            .collect();
+        let revision = self.keys.write(id, &healthy).await?;
         for o in owned.iter().filter(|o| !o.healthy) {
-            let txn = Txn::new()
-                .when([Compare::lease(o.key.as_str(), CompareOp::Equal, id)])
-                .and_then([TxnOp::delete(o.key.as_str(), None)]);
-            kv.txn(txn).await?;
+            self.keys.remove(id, &o.key).await?;
         }
-        for (flag, o) in status.registered.iter().zip(owned) {
-            flag.store(o.healthy, Ordering::Relaxed);
+        for (i, o) in owned.iter().enumerate() {
+            status.set_registered(i, o.healthy);
         }
         if !healthy.is_empty() {
-            let keys: Vec<&str> = healthy.iter().map(|o| o.key.as_str()).collect();
+            let keys: Vec<&str> = healthy.iter().map(|(k, _)| *k).collect();
             info!(lease = id, ttl = self.ttl_secs(), instances = ?keys, "registered");
         }
 
-        let watch = match (
-            owned.iter().map(|o| &o.key).min(),
-            owned.iter().map(|o| &o.key).max(),
-        ) {
-            (Some(first), Some(last)) => {
-                let mut end = last.clone().into_bytes();
-                end.push(0);
-                let mut options = WatchOptions::new().with_range(end);
-                if revision > 0 {
-                    options = options.with_start_revision(revision + 1);
-                }
-                Some(
-                    self.client
-                        .watch_client()
-                        .watch(first.as_str(), Some(options))
-                        .await?,
-                )
-            }
-            _ => None,
+        let keys: Vec<&str> = owned.iter().map(|o| o.key.as_str()).collect();
+        let watch = if keys.is_empty() {
+            None
+        } else {
+            let start = if revision > 0 { revision + 1 } else { 0 };
+            Some(self.keys.watch(&keys, start).await?)
         };
         Ok(Session {
             lease: id,
-            keeper,
-            keepalives,
+            keepalive,
             watch,
         })
     }
@@ -421,21 +340,20 @@ impl Registrar {
     /// Keeps the lease alive, follows health changes and repairs owned keys until something
     /// breaks or `stop` fires.
     async fn serve(
-        &self,
-        session: &mut Session,
+        &mut self,
+        session: &mut Session<K>,
         owned: &mut [Owned],
         changes: &mut mpsc::Receiver<(usize, bool)>,
         status: &Status,
         stop: &CancellationToken,
     ) -> End {
         let id = session.lease;
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.ttl / 3, self.ttl / 3);
+        let period = self.ttl / 3;
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         let mut answered = Instant::now();
         let mut dirty: Vec<usize> = Vec::new();
         let mut last_repair: Option<Instant> = None;
-        let mut repair_at: Option<tokio::time::Instant> = None;
-        let mut kv = self.client.kv_client();
+        let mut repair_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return End::Stop,
@@ -443,69 +361,68 @@ impl Registrar {
                     if answered.elapsed() > self.ttl {
                         return End::Broken(format!("no keepalive answer for {}", humantime::format_duration(self.ttl)));
                     }
-                    if let Err(e) = session.keeper.keep_alive().await {
-                        return End::Broken(describe(&e));
+                    match cancellable(stop, session.keepalive.ping()).await {
+                        None => return End::Stop,
+                        Some(Err(e)) => return End::Broken(e.to_string()),
+                        Some(Ok(())) => {}
                     }
                 }
-                answer = session.keepalives.message() => match answer {
-                    Ok(Some(r)) if r.ttl() > 0 => answered = Instant::now(),
+                answer = session.keepalive.answer() => match answer {
+                    Ok(Some(ttl)) if ttl > 0 => answered = Instant::now(),
                     Ok(Some(_)) => return End::LeaseLost("etcd says the lease expired or was revoked".to_string()),
                     Ok(None) => return End::Broken("keepalive stream closed".to_string()),
-                    Err(e) => return End::Broken(describe(&e)),
+                    Err(e) => return End::Broken(e.to_string()),
                 },
                 Some((i, healthy)) = changes.recv() => {
                     owned[i].healthy = healthy;
                     let o = &owned[i];
                     let done = if healthy {
-                        kv.put(o.key.as_str(), o.value.as_str(), Some(PutOptions::new().with_lease(id))).await.map(drop)
+                        cancellable(stop, self.keys.put(id, &o.key, &o.value)).await
                     } else {
-                        let txn = Txn::new()
-                            .when([Compare::lease(o.key.as_str(), CompareOp::Equal, id)])
-                            .and_then([TxnOp::delete(o.key.as_str(), None)]);
-                        kv.txn(txn).await.map(drop)
+                        cancellable(stop, self.keys.remove(id, &o.key)).await
                     };
                     match done {
-                        Ok(()) => {
-                            status.registered[i].store(healthy, Ordering::Relaxed);
+                        None => return End::Stop,
+                        Some(Ok(())) => {
+                            status.set_registered(i, healthy);
                             info!(instance = %o.label, key = %o.key, registered = healthy, "registration follows its health check");
                         }
-                        Err(e) => return lost_or_broken(e),
+                        Some(Err(e)) => return e.into(),
                     }
                 }
                 event = next_watch(&mut session.watch) => match event {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        return End::Broken(format!("key watch canceled: {}", resp.cancel_reason()));
-                    }
-                    Ok(Some(resp)) => {
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            let Some(i) = owned.iter().position(|o| o.key.as_bytes() == kv.key()) else { continue };
-                            let intact = ev.event_type() == EventType::Put && kv.value() == owned[i].value.as_bytes() && kv.lease() == id;
+                    Ok(Some(events)) => {
+                        for ev in events {
+                            let Some(i) = owned.iter().position(|o| o.key.as_bytes() == ev.key) else { continue };
+                            let intact = !ev.deleted && ev.value == owned[i].value.as_bytes() && ev.lease == id;
                             if owned[i].healthy && !intact && !dirty.contains(&i) {
                                 dirty.push(i);
                             }
                         }
                         if !dirty.is_empty() && repair_at.is_none() {
-                            let due = last_repair.map_or(Instant::now(), |t| t + REPAIR_SPACING);
-                            repair_at = Some(tokio::time::Instant::from_std(due));
+                            let now = Instant::now();
+                            repair_at = Some(last_repair.map_or(now, |t| (t + REPAIR_SPACING).max(now)));
                         }
                     }
                     Ok(None) => return End::Broken("key watch closed".to_string()),
-                    Err(e) => return End::Broken(describe(&e)),
+                    Err(e) => return End::Broken(e.to_string()),
                 },
                 _ = sleep_until_some(repair_at) => {
                     repair_at = None;
                     last_repair = Some(Instant::now());
-                    for i in dirty.drain(..) {
+                    for i in std::mem::take(&mut dirty) {
                         let o = &owned[i];
                         if !o.healthy {
                             continue;
                         }
                         warn!(instance = %o.label, key = %o.key, "registered key was deleted or overwritten, putting it back");
-                        if let Err(e) = kv.put(o.key.as_str(), o.value.as_str(), Some(PutOptions::new().with_lease(id))).await {
-                            return lost_or_broken(e);
+                        match cancellable(stop, self.keys.put(id, &o.key, &o.value)).await {
+                            None => return End::Stop,
+                            Some(Err(e)) => return e.into(),
+                            Some(Ok(())) => {
+                                status.repairs.inc();
+                            }
                         }
-                        status.repairs.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -513,27 +430,16 @@ impl Registrar {
     }
 }
 
-/// A put with a lease etcd no longer has means the lease is lost; anything else is a broken
-/// connection.
-fn lost_or_broken(e: etcd_client::Error) -> End {
-    let why = describe(&e);
-    if why.contains("lease not found") {
-        End::LeaseLost(why)
-    } else {
-        End::Broken(why)
-    }
-}
-
-async fn next_watch(
-    watch: &mut Option<WatchStream>,
-) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+async fn next_watch<W: KeyWatch>(
+    watch: &mut Option<W>,
+) -> Result<Option<Vec<KeyEvent>>, EtcdError> {
     match watch {
-        Some(w) => w.message().await,
+        Some(w) => w.next().await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

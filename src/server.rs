@@ -14,18 +14,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admin::Admin;
-use crate::config::{Config, GatewayConfig, Protocol, ServiceConfig};
-use crate::discovery::Discovery;
+use prometheus_client::registry::Registry;
+
+use crate::admin::{Admin, StoreCollector};
+use crate::config::Config;
+use crate::discovery::{Discovery, DiscoveryMetrics};
 use crate::error::Error;
-use crate::proxy::http::{HttpListener, Routes, Target};
+use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
-use crate::proxy::EveryOnce;
-use crate::register::{Handle, Registrar};
+use crate::proxy::{GatewayConfig, ListenerFamilies, Protocol, ServiceConfig};
+use crate::register::Registrar;
 use crate::snapshot::{Store, StoreWriter};
-use crate::stats::Stats;
+use crate::throttle::Throttle;
 
 /// A cairn process with every socket bound, ready to run.
+#[derive(Debug)]
 pub struct Server {
     /// The validated configuration.
     config: Config,
@@ -37,8 +40,6 @@ pub struct Server {
     gateways: Vec<(GatewayConfig, TcpListener)>,
     /// The snapshots every listener reads.
     store: Arc<Store>,
-    /// Counters for `/metrics`.
-    stats: Arc<Stats>,
 }
 
 impl Server {
@@ -74,7 +75,6 @@ impl Server {
             listeners,
             gateways,
             store: Store::new(),
-            stats: Arc::new(Stats::default()),
         })
     }
 
@@ -93,7 +93,7 @@ impl Server {
                 let addr = l
                     .local_addr()
                     .expect("a bound listener has a local address");
-                (s.name.clone(), addr)
+                (s.name.to_string(), addr)
             })
             .collect()
     }
@@ -125,12 +125,16 @@ impl Server {
         // Fires when the grace period is over and remaining connections must be cut.
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StoreCollector(Arc::clone(&self.store))));
 
+        let discovery_metrics = DiscoveryMetrics::default();
+        discovery_metrics.register(&mut registry);
         let discovery = Discovery::new(
             client.clone(),
             &self.config.etcd.prefix,
             StoreWriter::new(Arc::clone(&self.store)),
-            Arc::clone(&self.stats.discovery),
+            discovery_metrics,
         )
         .spawn(background.clone());
 
@@ -144,29 +148,34 @@ impl Server {
             )
             .spawn()
         });
+        if let Some(r) = &registrar {
+            r.status().register(&mut registry);
+        }
+        let families = ListenerFamilies::default();
+        families.register(&mut registry);
         let admin = Arc::new(Admin {
             store: Arc::clone(&self.store),
-            stats: Arc::clone(&self.stats),
-            registrations: registrar.as_ref().map(Handle::status),
+            registry: Arc::new(registry),
             draining: shutdown.clone(),
         });
         let admin_addr = self.admin_addr();
         let admin_task = tokio::spawn(admin.run(self.admin, background.clone()));
-        info!(admin = %admin_addr, endpoints = ?self.config.etcd.endpoints, prefix = %self.config.etcd.prefix, "cairn started");
 
         let routes = Routes::new(
             Arc::clone(&self.store),
-            self.config
-                .services
-                .iter()
-                .map(|s| (s.name.as_str(), &s.route)),
+            self.config.services.iter().map(|s| (&s.name, &s.route)),
         );
+        let forwarder = |metrics| Forwarder {
+            metrics,
+            tunnels: tracker.clone(),
+            abort: abort.clone(),
+        };
         let mut accepting = Vec::with_capacity(self.listeners.len() + self.gateways.len());
         for (service, listener) in self.listeners {
             let listen = listener
                 .local_addr()
                 .expect("a bound listener has a local address");
-            let stats = self.stats.listener(&listen.to_string(), &service.name);
+            let metrics = families.listener(&listen.to_string(), &service.name);
             let limit = Arc::new(Semaphore::new(service.limits.max_connections));
             info!(service = %service.name, %listen, protocol = service.protocol.as_str(), "listening");
             let task = match service.protocol {
@@ -177,8 +186,8 @@ impl Server {
                         balance: service.route.balance,
                         connect_timeout: service.route.connect_timeout,
                         retries: service.route.retries,
-                        stats,
-                        warn_limit: EveryOnce::new(),
+                        metrics,
+                        throttle: Throttle::per_second(),
                     });
                     tokio::spawn(proxy.run(
                         listener,
@@ -193,12 +202,10 @@ impl Server {
                         .configured(&service.name)
                         .expect("every [[service]] block has a route");
                     let http = Arc::new(HttpListener {
-                        target: Target::Service(route),
+                        routing: Routing::Service(route),
                         routes: Arc::clone(&routes),
-                        stats,
+                        forwarder: forwarder(metrics),
                         limits: service.limits,
-                        tunnels: tracker.clone(),
-                        abort: abort.clone(),
                     });
                     tokio::spawn(http.run(listener, limit, tracker.clone(), shutdown.clone()))
                 }
@@ -209,18 +216,16 @@ impl Server {
             let listen = listener
                 .local_addr()
                 .expect("a bound listener has a local address");
-            let stats = self.stats.listener(&listen.to_string(), "*");
+            let metrics = families.listener(&listen.to_string(), "*");
             let limit = Arc::new(Semaphore::new(gateway.limits.max_connections));
             info!(%listen, host_suffix = gateway.host_suffix.as_deref().unwrap_or(""), "gateway listening");
             let http = Arc::new(HttpListener {
-                target: Target::Gateway {
+                routing: Routing::Gateway {
                     suffix: gateway.host_suffix,
                 },
                 routes: Arc::clone(&routes),
-                stats,
+                forwarder: forwarder(metrics),
                 limits: gateway.limits,
-                tunnels: tracker.clone(),
-                abort: abort.clone(),
             });
             accepting.push(tokio::spawn(http.run(
                 listener,
@@ -229,6 +234,16 @@ impl Server {
                 shutdown.clone(),
             )));
         }
+
+        // Logged last, after every listener's address: whoever waits for it knows them all.
+        let endpoints: Vec<&str> = self
+            .config
+            .etcd
+            .endpoints
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        info!(admin = %admin_addr, ?endpoints, prefix = %self.config.etcd.prefix, "cairn started");
 
         shutdown.cancelled().await;
         for task in accepting {

@@ -10,15 +10,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::{accept_loop, connect_with_failover, EveryOnce, Unreachable};
+use super::error::ProxyError;
+use super::failover::{Attempts, Target};
+use super::listener::accept_loop;
+use super::metrics::{Active, ListenerMetrics};
+use crate::addr::Addr;
 use crate::balance::Balance;
+use crate::net::dial;
+use crate::registry::ServiceName;
 use crate::snapshot::ServiceCell;
-use crate::stats::{ActiveGuard, ListenerStats};
+use crate::throttle::Throttle;
 
 /// What a TCP listener needs to forward one connection.
 pub(crate) struct TcpProxy {
     /// The service name, for logs.
-    pub(crate) service: String,
+    pub(crate) service: ServiceName,
     /// The service's snapshot cell, resolved once when the listener starts.
     pub(crate) cell: Arc<ServiceCell>,
     /// The picking policy.
@@ -28,9 +34,9 @@ pub(crate) struct TcpProxy {
     /// Other instances tried after a failed connect.
     pub(crate) retries: u32,
     /// This listener's counters.
-    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) metrics: ListenerMetrics,
     /// Throttles connect-failure warnings.
-    pub(crate) warn_limit: EveryOnce,
+    pub(crate) throttle: Throttle,
 }
 
 impl TcpProxy {
@@ -58,37 +64,14 @@ impl TcpProxy {
     }
 
     async fn handle(&self, mut inbound: TcpStream, peer: SocketAddr) {
-        ListenerStats::bump(&self.stats.accepted);
-        let _active = ActiveGuard::new(&self.stats);
+        self.metrics.accepted.inc();
+        let _active = Active::new(&self.metrics.active);
         let _ = inbound.set_nodelay(true);
-        let Some(pick) = self.cell.pick(self.balance) else {
-            ListenerStats::bump(&self.stats.no_instances);
-            debug!(service = %self.service, %peer, "no instances, closing connection");
-            return;
-        };
-        let connected = connect_with_failover(
-            &self.cell,
-            pick,
-            self.retries,
-            self.connect_timeout,
-            &self.stats,
-            &self.warn_limit,
-            &self.service,
-        )
-        .await;
-        let (mut outbound, addr) = match connected {
-            Ok(c) => c,
-            Err(Unreachable::NoInstances) => {
-                ListenerStats::bump(&self.stats.no_instances);
-                debug!(service = %self.service, %peer, "no instances left, closing connection");
-                return;
-            }
-            Err(Unreachable::Exhausted {
-                attempts,
-                addr,
-                error,
-            }) => {
-                debug!(service = %self.service, %peer, attempts, last = %addr, error = %error, "every instance failed, closing connection");
+        let (mut outbound, addr) = match self.connect().await {
+            Ok(connected) => connected,
+            Err(e) => {
+                e.count(&self.metrics);
+                debug!(service = %self.service, %peer, error = %e, "closing connection");
                 return;
             }
         };
@@ -99,6 +82,25 @@ impl TcpProxy {
             Ok((up, down)) => debug!(service = %self.service, %peer, up, down, "connection closed"),
             Err(e) => {
                 debug!(service = %self.service, %peer, error = %e, "connection ended with an error")
+            }
+        }
+    }
+
+    /// Connects to an instance, failing over while nothing has been sent: the client never
+    /// notices a dead instance.
+    async fn connect(&self) -> Result<(TcpStream, Addr), ProxyError> {
+        let target = Target {
+            cell: &self.cell,
+            service: &self.service,
+            balance: self.balance,
+            retries: self.retries,
+            throttle: &self.throttle,
+        };
+        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics)?;
+        loop {
+            match dial(&addr, self.connect_timeout).await {
+                Ok(stream) => return Ok((stream, addr)),
+                Err(e) => addr = attempts.failed(&addr, &e)?,
             }
         }
     }

@@ -4,7 +4,9 @@
 //! a row, and is deregistered after `fall` failures in a row.
 
 use std::fmt;
+use std::ops::Range;
 use std::process::Stdio;
+use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,11 +15,14 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use toml::Spanned;
 use tracing::{debug, info, warn};
 
-use crate::registry::Addr;
+use crate::addr::Addr;
+use crate::field::{deserialize_from_str, positive, FieldResult, HumanDuration, Key};
 
 /// What a check probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +130,90 @@ impl Check {
     }
 }
 
+/// A health-check URL: `http://host:port/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckUrl(pub Uri);
+
+impl FromStr for CheckUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(format!("URL \"{s}\" must be http://host:port/path"));
+        }
+        Ok(CheckUrl(uri))
+    }
+}
+
+deserialize_from_str!(CheckUrl);
+
+/// A `[register.check]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCheck {
+    tcp: Option<Spanned<Addr>>,
+    http: Option<Spanned<CheckUrl>>,
+    exec: Option<Spanned<Vec<String>>>,
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+}
+
+impl RawCheck {
+    /// The check; `block` locates the `[[register]]` block when no probe is given.
+    pub(crate) fn validate(self, key: &Key, block: Range<usize>) -> FieldResult<Check> {
+        let given: Vec<Range<usize>> = [
+            self.tcp.as_ref().map(Spanned::span),
+            self.http.as_ref().map(Spanned::span),
+            self.exec.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() != 1 {
+            return Err(key.field("tcp").error(
+                Some(given.get(1).cloned().unwrap_or(block)),
+                "a check needs exactly one of tcp, http or exec",
+            ));
+        }
+        let probe = match (self.tcp, self.http, self.exec) {
+            (Some(addr), _, _) => Probe::Tcp(addr.into_inner()),
+            (_, Some(url), _) => Probe::Http(url.into_inner().0),
+            (_, _, Some(argv)) if argv.get_ref().first().is_none_or(|p| p.is_empty()) => {
+                return Err(key.at(
+                    "exec",
+                    &argv,
+                    "needs a program, like [\"/usr/local/bin/probe\", \"--quick\"]",
+                ))
+            }
+            (_, _, Some(argv)) => Probe::Exec(argv.into_inner()),
+            (None, None, None) => unreachable!("exactly one probe was given"),
+        };
+        let mut check = Check::new(probe);
+        check.interval = positive(
+            self.interval.as_ref(),
+            &key.field("interval"),
+            check.interval,
+        )?;
+        check.timeout = positive(self.timeout.as_ref(), &key.field("timeout"), check.timeout)?;
+        for (field, value, slot) in [
+            ("rise", &self.rise, &mut check.rise),
+            ("fall", &self.fall, &mut check.fall),
+        ] {
+            match value {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(key.at(field, n, format!("{field} must be at least 1")))
+                }
+                Some(n) => *slot = *n.get_ref(),
+                None => {}
+            }
+        }
+        Ok(check)
+    }
+}
+
 /// The rise/fall state machine of one check.
 #[derive(Debug)]
 struct State {
@@ -177,7 +266,7 @@ struct Prober {
 impl Prober {
     async fn probe(&mut self, probe: &Probe) -> Result<(), String> {
         match probe {
-            Probe::Tcp(addr) => crate::proxy::connect(addr)
+            Probe::Tcp(addr) => crate::net::connect(addr)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),

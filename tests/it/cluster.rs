@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::cairn::{addrs, Cairn};
+use crate::support::cairn::{Cairn, ADMIN};
 use crate::support::etcd::Cluster;
 use crate::support::upstream::{greeting, Tagged};
 
@@ -39,15 +39,13 @@ async fn no_change_is_missed_while_each_member_in_turn_dies() {
         .iter()
         .map(|e| format!("\"{e}\""))
         .collect();
-    let (admin, listens) = addrs(1);
     let config = format!(
-        "[etcd]\nendpoints = [{}]\n[admin]\nlisten = \"{admin}\"\n\n[[service]]\nname = \"s\"\nlisten = \"{}\"\n",
+        "[etcd]\nendpoints = [{}]\n{ADMIN}\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n",
         endpoints.join(", "),
-        listens[0]
     );
     let addr = up.addr.to_string();
     write(&cluster, 0, "/services/s/i0", Some(&addr)).await;
-    let cairn = Cairn::start(&config, admin).await;
+    let cairn = Cairn::start(&config).await;
     cairn.wait_instances("s", &["i0"], SOON).await;
 
     let mut want = vec!["i0".to_string()];
@@ -68,7 +66,7 @@ async fn no_change_is_missed_while_each_member_in_turn_dies() {
         let ids: Vec<&str> = want.iter().map(String::as_str).collect();
         cairn.wait_instances("s", &ids, SOON).await;
         assert_eq!(
-            greeting(listens[0]).await.as_deref(),
+            greeting(cairn.listen(0)).await.as_deref(),
             Some("up"),
             "routing stopped with member {dead} down"
         );

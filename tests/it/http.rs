@@ -8,10 +8,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::cairn::{addrs, Cairn};
+use crate::support::cairn::{Cairn, ADMIN};
 use crate::support::etcd::Etcd;
 use crate::support::http::{curl, curl_status, memory_kib, python_client, PyUpstream};
-use crate::support::{eventually, free_port};
+use crate::support::{eventually, free_port, patient};
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -35,19 +35,18 @@ async fn setup(names: &[&str], service_extra: &str, more: &str) -> Setup {
             .unwrap();
         ups.push(up);
     }
-    let (admin, listens) = addrs(1);
     let config = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n\n[admin]\nlisten = \"{admin}\"\n\n[[service]]\nname = \"web\"\nlisten = \"{}\"\nprotocol = \"http\"\n{service_extra}\n\n{more}\n",
+        "[etcd]\nendpoints = [\"{}\"]\n\n{ADMIN}\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n{service_extra}\n\n{more}\n",
         etcd.endpoint(),
-        listens[0]
     );
-    let cairn = Cairn::start(&config, admin).await;
+    let cairn = Cairn::start(&config).await;
     cairn.wait_instances("web", names, SOON).await;
+    let web = cairn.listen(0);
     Setup {
         etcd,
         ups,
         cairn,
-        web: listens[0],
+        web,
     }
 }
 
@@ -166,9 +165,12 @@ async fn head_expect_continue_and_h2c_work() {
     let body = dir.path().join("body");
     std::fs::write(&body, vec![b'x'; 1024 * 1024]).unwrap();
     let data = format!("@{}", body.display());
-    let start = Instant::now();
+    // curl waits this long for a 100 Continue before sending the body anyway: only cairn's
+    // answer lets the upload start (and the log show it) without that wait.
     let out = curl(&[
         "-sv",
+        "--expect100-timeout",
+        "30",
         "-H",
         "Expect: 100-continue",
         "--data-binary",
@@ -184,10 +186,6 @@ async fn head_expect_continue_and_h2c_work() {
     assert!(
         log.contains("HTTP/1.1 100 Continue"),
         "no 100 Continue:\n{log}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_millis(900),
-        "curl waited for its 1 s expect timeout"
     );
 
     let out = curl(&[
@@ -254,12 +252,8 @@ async fn failures_answer_502_503_504_404_with_one_line() {
     let s = setup(
         &["u0"],
         "request_timeout = \"300ms\"",
-        &format!(
-            "[[service]]\nname = \"empty\"\nlisten = \"127.0.0.1:{}\"\nprotocol = \"http\"\n\n\
-             [[service]]\nname = \"dead\"\nlisten = \"127.0.0.1:{}\"\nprotocol = \"http\"\n",
-            free_port(),
-            free_port()
-        ),
+        "[[service]]\nname = \"empty\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+         [[service]]\nname = \"dead\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n",
     )
     .await;
     let mut kv = s.etcd.client().await;
@@ -267,27 +261,13 @@ async fn failures_answer_502_503_504_404_with_one_line() {
         .await
         .unwrap();
     s.cairn.wait_instances("dead", &["d0"], SOON).await;
-    let conf = std::fs::read_to_string(s.cairn.dir().join("cairn.toml")).unwrap();
-    let listen_of = |name: &str| -> String {
-        let block = conf
-            .split("[[service]]")
-            .find(|b| b.contains(&format!("name = \"{name}\"")))
-            .unwrap();
-        block
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = "))
-            .unwrap()
-            .trim_matches('"')
-            .to_string()
-    };
-
-    let (code, body) = curl_status(&[&format!("http://{}/", listen_of("empty"))]);
+    let (code, body) = curl_status(&[&format!("http://{}/", s.cairn.listen_of("empty"))]);
     assert_eq!(
         (code, body.as_str()),
         (503, "cairn: service \"empty\" has no instances\n")
     );
 
-    let (code, body) = curl_status(&[&format!("http://{}/", listen_of("dead"))]);
+    let (code, body) = curl_status(&[&format!("http://{}/", s.cairn.listen_of("dead"))]);
     assert_eq!(code, 502, "{body}");
     assert!(
         body.starts_with("cairn: service \"dead\": 1 instance(s) tried, none answered")
@@ -391,13 +371,10 @@ async fn killing_an_instance_fails_no_request_of_a_keepalive_client() {
 
 #[tokio::test]
 async fn gateways_route_by_host_with_and_without_a_suffix() {
-    let (g1, g2) = (free_port(), free_port());
     let s = setup(
         &["u0"],
         "rewrite_host = true",
-        &format!(
-            "[[gateway]]\nlisten = \"127.0.0.1:{g1}\"\n\n[[gateway]]\nlisten = \"127.0.0.1:{g2}\"\nhost_suffix = \".svc.local\"\n"
-        ),
+        "[[gateway]]\nlisten = \"127.0.0.1:0\"\n\n[[gateway]]\nlisten = \"127.0.0.1:0\"\nhost_suffix = \".svc.local\"\n",
     )
     .await;
     let beta = PyUpstream::start("beta");
@@ -408,8 +385,8 @@ async fn gateways_route_by_host_with_and_without_a_suffix() {
         .await
         .unwrap();
     s.cairn.wait_instances("beta", &["b0"], SOON).await;
-    let g1 = format!("http://127.0.0.1:{g1}");
-    let g2 = format!("http://127.0.0.1:{g2}");
+    let g1 = format!("http://{}", s.cairn.gateway(0));
+    let g2 = format!("http://{}", s.cairn.gateway(1));
 
     assert_eq!(
         curl_status(&["-H", "Host: beta", &format!("{g1}/")]),
@@ -536,7 +513,7 @@ async fn oversized_headers_get_431_and_idle_connections_are_closed() {
     let start = Instant::now();
     for (what, mut conn) in [("silent", silent), ("quiet", quiet)] {
         let mut buf = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        let n = tokio::time::timeout(patient(Duration::from_secs(5)), conn.read(&mut buf))
             .await
             .unwrap_or_else(|_| panic!("the {what} connection was kept past its idle timeout"))
             .unwrap_or(0);

@@ -1,4 +1,6 @@
 //! cairn's integration tests: one binary, real etcd, real sockets, real cairn processes.
+// Tests wait on real processes, so they keep real time (library code may not; see clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -7,5 +9,6 @@ mod check;
 mod cluster;
 mod discovery;
 mod http;
+mod layers;
 mod register;
 mod tcp;

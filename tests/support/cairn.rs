@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{eventually, free_port, tail};
+use super::{eventually, patient, tail};
 
 /// The path of the `cairn` binary under test.
 pub fn bin() -> &'static str {
@@ -21,19 +21,60 @@ pub fn bin() -> &'static str {
 pub struct Cairn {
     config_dir: TempDir,
     proc: Proc,
-    /// The admin address from the config.
+    /// The admin address cairn bound.
     pub admin: SocketAddr,
+    /// Each `[[service]]` listener cairn bound, in config order: service and address.
+    services: Vec<(String, SocketAddr)>,
+    /// Each `[[gateway]]` listener cairn bound, in config order.
+    gateways: Vec<SocketAddr>,
+}
+
+/// What `cairn run` logs once every listener is bound.
+struct Bound {
+    admin: SocketAddr,
+    services: Vec<(String, SocketAddr)>,
+    gateways: Vec<SocketAddr>,
+}
+
+/// The value of `name=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim_matches('"'))
+}
+
+/// The addresses in `cairn run`'s log, once its "cairn started" line (logged after every
+/// listener) is there.
+fn bound(log: &str) -> Option<Bound> {
+    let mut services = Vec::new();
+    let mut gateways = Vec::new();
+    for line in log.lines() {
+        let addr = |name| field(line, name).and_then(|a| a.parse::<SocketAddr>().ok());
+        if line.contains(": cairn started ") {
+            return Some(Bound {
+                admin: addr("admin")?,
+                services,
+                gateways,
+            });
+        } else if line.contains(": gateway listening ") {
+            gateways.push(addr("listen")?);
+        } else if line.contains(": listening ") {
+            services.push((field(line, "service")?.to_string(), addr("listen")?));
+        }
+    }
+    None
 }
 
 impl Cairn {
-    /// Writes `config` (which must set `[admin] listen` to `admin`) and runs cairn with it,
-    /// waiting until `/healthz` answers.
-    pub async fn start(config: &str, admin: SocketAddr) -> Cairn {
-        Cairn::start_with_args(config, admin, &[]).await
+    /// Writes `config` and runs cairn with it, waiting until `/healthz` answers. Listen on port
+    /// 0 (see [`config`] and [`ADMIN`]); the bound addresses are read back from cairn's log.
+    pub async fn start(config: &str) -> Cairn {
+        Cairn::start_with_args(config, &[]).await
     }
 
     /// As [`Cairn::start`], with extra arguments to `cairn run`.
-    pub async fn start_with_args(config: &str, admin: SocketAddr, args: &[&str]) -> Cairn {
+    pub async fn start_with_args(config: &str, args: &[&str]) -> Cairn {
         let config_dir = tempfile::Builder::new()
             .prefix("cairn-test-config-")
             .tempdir()
@@ -43,29 +84,56 @@ impl Cairn {
         let path = path.to_str().expect("a UTF-8 temp path");
         let mut all = vec!["run", "-c", path];
         all.extend_from_slice(args);
-        let mut cairn = Cairn {
-            proc: Proc::spawn(&all),
-            config_dir,
-            admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = cairn.try_wait() {
+        let mut proc = Proc::spawn(&all);
+        let deadline = Instant::now() + patient(Duration::from_secs(20));
+        let bound = loop {
+            if let Some(status) = proc.try_wait() {
                 panic!(
                     "cairn exited at start with {status}; its log:\n{}",
-                    cairn.log()
+                    proc.stderr()
                 );
             }
-            if let Ok((200, _)) = http_get(admin, "/healthz").await {
-                return cairn;
+            if let Some(b) = bound(&proc.stderr()) {
+                break b;
             }
             assert!(
                 Instant::now() < deadline,
-                "cairn did not serve /healthz; its log:\n{}",
-                cairn.log()
+                "cairn did not log its addresses; its log:\n{}",
+                proc.stderr()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let cairn = Cairn {
+            proc,
+            config_dir,
+            admin: bound.admin,
+            services: bound.services,
+            gateways: bound.gateways,
+        };
+        eventually(Duration::from_secs(20), "cairn serves /healthz", || async {
+            matches!(http_get(cairn.admin, "/healthz").await, Ok((200, _))).then_some(())
+        })
+        .await;
+        cairn
+    }
+
+    /// The address of the `i`-th `[[service]]` listener.
+    pub fn listen(&self, i: usize) -> SocketAddr {
+        self.services[i].1
+    }
+
+    /// The address of the `[[service]]` listener for `service`.
+    pub fn listen_of(&self, service: &str) -> SocketAddr {
+        self.services
+            .iter()
+            .find(|(s, _)| s == service)
+            .unwrap_or_else(|| panic!("no listener for {service}: {:?}", self.services))
+            .1
+    }
+
+    /// The address of the `i`-th `[[gateway]]` listener.
+    pub fn gateway(&self, i: usize) -> SocketAddr {
+        self.gateways[i]
     }
 
     /// The process id.
@@ -175,7 +243,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cairn\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+    tokio::time::timeout(patient(Duration::from_secs(5)), s.read_to_end(&mut buf))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "admin did not answer"))??;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -193,27 +261,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok((status, body.to_string()))
 }
 
-/// Free loopback addresses for an admin endpoint and `n` listeners.
-pub fn addrs(n: usize) -> (SocketAddr, Vec<SocketAddr>) {
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let listens = (0..n)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    (admin, listens)
-}
+/// An `[admin]` section on a port the kernel picks.
+pub const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
-/// A config with `[etcd]`, `[admin]` and one TCP `[[service]]` per `(name, listen)`, plus `extra`
-/// lines appended to each service block.
-pub fn config(
-    endpoint: &str,
-    admin: SocketAddr,
-    services: &[(&str, SocketAddr)],
-    extra: &str,
-) -> String {
-    let mut c = format!("[etcd]\nendpoints = [\"{endpoint}\"]\n\n[admin]\nlisten = \"{admin}\"\n");
-    for (name, listen) in services {
+/// A config with `[etcd]`, `[admin]` and one TCP `[[service]]` per name, every listener on a
+/// port the kernel picks, plus `extra` lines appended to each service block.
+pub fn config(endpoint: &str, services: &[&str], extra: &str) -> String {
+    let mut c = format!("[etcd]\nendpoints = [\"{endpoint}\"]\n\n{ADMIN}");
+    for name in services {
         c.push_str(&format!(
-            "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\n{extra}\n"
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n{extra}\n"
         ));
     }
     c
@@ -272,8 +329,9 @@ impl Proc {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Waits up to `deadline` for the process to exit.
+    /// Waits up to `deadline` (stretched by [`patient`]) for the process to exit.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let deadline = patient(deadline);
         let start = Instant::now();
         loop {
             if let Some(s) = self.try_wait() {

@@ -1,7 +1,11 @@
 //! Test harness: real etcd processes, real cairn processes, real sockets.
 //!
-//! Every process gets free loopback ports and a temporary directory, and is killed on drop. When
-//! a test fails, the logs of the processes it started are printed.
+//! Every process gets loopback ports and a temporary directory, and is killed on drop. cairn
+//! binds its listeners to port 0 and the harness reads the addresses back, so no port can be
+//! taken in between. When a test fails, the logs of the processes it started are printed.
+//!
+//! Every deadline goes through [`patient`]: set `CAIRN_TEST_PATIENCE=3` on a slow or loaded
+//! machine to give every wait three times as long.
 #![allow(dead_code)]
 
 pub mod cairn;
@@ -14,7 +18,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1. The port is released before returning, so another process may
-/// grab it first; callers that bind it retry on failure.
+/// grab it first: use it for an address nobody should listen on, or retry on failure.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -22,12 +26,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` until it returns `Some`, failing the test with `what` after `deadline`.
+/// `deadline`, stretched by `CAIRN_TEST_PATIENCE` (a factor, 1 by default).
+pub fn patient(deadline: Duration) -> Duration {
+    let factor = std::env::var("CAIRN_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| *f >= 1.0)
+        .unwrap_or(1.0);
+    deadline.mul_f64(factor)
+}
+
+/// How long a test waits for something that should take milliseconds: generous, because a
+/// loaded CI machine is slow, and scaled by [`patient`].
+pub fn soon() -> Duration {
+    patient(Duration::from_secs(10))
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `deadline`
+/// (stretched by [`patient`]).
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let deadline = patient(deadline);
     let start = Instant::now();
     loop {
         if let Some(v) = check().await {

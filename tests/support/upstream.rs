@@ -7,6 +7,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::patient;
+
 /// A TCP server that greets each connection with `<name>\n`, then echoes what it reads until the
 /// client half-closes, then closes.
 pub struct Tagged {
@@ -66,7 +68,7 @@ pub async fn greeting(addr: SocketAddr) -> Option<String> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+    let n = tokio::time::timeout(patient(Duration::from_secs(5)), reader.read_line(&mut line))
         .await
         .expect("a connection through cairn neither greeted nor closed within 5 s")
         .ok()?;
@@ -81,7 +83,7 @@ pub async fn echo_after_half_close(addr: SocketAddr, payload: &[u8]) -> Vec<u8> 
     s.write_all(payload).await.expect("writing the payload");
     s.shutdown().await.expect("half-closing");
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+    tokio::time::timeout(patient(Duration::from_secs(10)), s.read_to_end(&mut out))
         .await
         .expect("the reply did not finish within 10 s")
         .expect("reading the reply");

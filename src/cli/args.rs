@@ -1,0 +1,144 @@
+//! The command line's shape: subcommands and flags, parsed by clap with the same value types
+//! the config file uses, so each field's rule and message is written once.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::addr::Addr;
+use crate::config::Config;
+use crate::error::Error;
+use crate::etcd::{EndpointUrl, EtcdConfig};
+use crate::field::HumanDuration;
+use crate::register::{CheckUrl, Ttl};
+use crate::registry::{Format, InstanceId, Prefix, ServiceName};
+
+/// cairn: a node-local service-discovery proxy backed by etcd.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (and the config's registrations) until SIGINT or SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long open connections may take to finish after a shutdown signal.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        shutdown_grace: HumanDuration,
+    },
+    /// Validate a config file: exit 0 when it is good, print the mistake and exit 1 when not.
+    Check {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start a throwaway etcd, two demo backends and a proxy, and show how to try them.
+    Dev,
+    /// Register one instance until SIGINT or SIGTERM, then deregister it.
+    Register(RegisterArgs),
+    /// Delete one instance's key.
+    Deregister {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The service.
+        #[arg(long)]
+        service: ServiceName,
+        /// The instance id.
+        #[arg(long)]
+        id: InstanceId,
+    },
+    /// Print the instances in etcd as a table.
+    List {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Only this service.
+        service: Option<ServiceName>,
+    },
+    /// Print each change to the registry as it happens, until SIGINT or SIGTERM.
+    Watch {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Only this service.
+        service: Option<ServiceName>,
+    },
+}
+
+/// Where etcd is: flags, or the `[etcd]` section of a config file.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs [default: http://127.0.0.1:2379]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        conflicts_with = "config"
+    )]
+    endpoints: Vec<EndpointUrl>,
+    /// Registry prefix [default: /services/]
+    #[arg(long, conflicts_with = "config")]
+    prefix: Option<Prefix>,
+    /// Use the [etcd] section of this config file
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The etcd settings the flags or the config file describe.
+    ///
+    /// # Errors
+    /// When the config file is invalid.
+    pub fn resolve(&self) -> Result<EtcdConfig, Error> {
+        if let Some(path) = &self.config {
+            return Ok(Config::load(path)?.etcd);
+        }
+        let defaults = EtcdConfig::default();
+        Ok(EtcdConfig {
+            endpoints: if self.endpoints.is_empty() {
+                defaults.endpoints
+            } else {
+                self.endpoints.clone()
+            },
+            prefix: self.prefix.clone().unwrap_or(defaults.prefix),
+            dial_timeout: defaults.dial_timeout,
+        })
+    }
+}
+
+/// `cairn register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+    /// The service to register in.
+    #[arg(long)]
+    pub(crate) service: ServiceName,
+    /// The address other nodes dial.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) addr: Addr,
+    /// The instance id [default: <hostname>-<port>]
+    #[arg(long)]
+    pub(crate) id: Option<InstanceId>,
+    /// Lease TTL: the key disappears this long after the process dies (at least 2s)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub(crate) ttl: Ttl,
+    /// Value format: plain (host:port), json or etcd-endpoints
+    #[arg(long, default_value = "plain")]
+    pub(crate) format: Format,
+    /// Register only while a TCP connect to this address succeeds
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "check_http")]
+    pub(crate) check_tcp: Option<Addr>,
+    /// Register only while GET on this URL answers 2xx
+    #[arg(long, value_name = "URL")]
+    pub(crate) check_http: Option<CheckUrl>,
+}

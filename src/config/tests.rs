@@ -1,0 +1,196 @@
+//! Config loading as an operator meets it: defaults, and every mistake named with its line and key.
+
+use super::*;
+use crate::balance::Balance;
+use crate::proxy::{Limits, Protocol, RouteConfig};
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("cairn.toml"))
+}
+
+#[test]
+fn defaults_apply_to_a_minimal_file() {
+    let c = parse("[[service]]\nname = \"orders\"\nlisten = \"127.0.0.1:7001\"\n").unwrap();
+    assert_eq!(c.etcd, EtcdConfig::default());
+    assert_eq!(c.admin, AdminConfig::default());
+    let s = &c.services[0];
+    assert_eq!(s.protocol, Protocol::Tcp);
+    assert_eq!(s.route, RouteConfig::default());
+    assert_eq!(s.route.balance, Balance::RoundRobin);
+    assert_eq!(s.route.connect_timeout, Duration::from_secs(1));
+    assert_eq!(s.route.retries, 2);
+    assert_eq!(s.route.request_timeout, Duration::from_secs(30));
+    assert!(!s.route.rewrite_host);
+    assert_eq!(s.limits, Limits::default());
+    assert!(c.gateways.is_empty());
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../config/cairn.toml");
+    let c = parse(text).unwrap();
+    assert_eq!(&*c.services[0].name, "orders");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e =
+        parse("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ntimeout = \"5s\"\n").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.message.contains("unknown field `timeout`"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_service_names_the_block() {
+    let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.to_string().contains("service[0]"), "{e}");
+    assert!(e.message.contains("port"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_key_and_line() {
+    let e = parse("[etcd]\n\ndial_timeout = \"5 parsecs\"\n").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    assert_eq!(e.key.as_deref(), Some("etcd.dial_timeout"), "{e}");
+    assert!(e.message.contains("invalid duration"), "{e}");
+}
+
+#[test]
+fn bad_address_names_key_and_line() {
+    let e = parse("[[service]]\nname = \"a\"\nlisten = \"localhost:99999\"\n").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    assert_eq!(e.key.as_deref(), Some("service[0].listen"), "{e}");
+}
+
+#[test]
+fn duplicate_names_and_listens_are_rejected() {
+    let dup_name = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:2\"\n";
+    let e = parse(dup_name).unwrap_err();
+    assert_eq!(e.line, Some(6), "{e}");
+    assert!(
+        e.message
+            .contains("duplicate service name \"a\" (first defined at line 2)"),
+        "{e}"
+    );
+
+    let dup_listen = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:1\"\n";
+    let e = parse(dup_listen).unwrap_err();
+    assert_eq!(e.line, Some(7), "{e}");
+    assert!(
+        e.message
+            .contains("already used by service \"a\" at line 3"),
+        "{e}"
+    );
+
+    let admin_clash =
+        "[admin]\nlisten = \"127.0.0.1:9\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:9\"\n";
+    let e = parse(admin_clash).unwrap_err();
+    assert!(e.message.contains("[admin]"), "{e}");
+}
+
+#[test]
+fn bad_enums_endpoints_and_prefix_are_rejected() {
+    let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbalance = \"fastest\"\n")
+        .unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.message.contains("fastest"), "{e}");
+    let e = parse("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n").unwrap_err();
+    assert!(e.message.contains("http://"), "{e}");
+    let e = parse("[etcd]\nendpoints = []\n").unwrap_err();
+    assert!(e.message.contains("at least one"), "{e}");
+    let e = parse("[etcd]\nprefix = \"/services\"\n").unwrap_err();
+    assert!(e.message.contains("end with '/'"), "{e}");
+    let e = parse("[[service]]\nname = \"a/b\"\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+    assert!(e.message.contains("'/'"), "{e}");
+    let e =
+        parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nconnect_timeout = \"0s\"\n")
+            .unwrap_err();
+    assert!(e.message.contains("longer than zero"), "{e}");
+}
+
+#[test]
+fn http_services_and_gateways_are_read() {
+    let c = parse(
+        "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\nrequest_timeout = \"2s\"\nrewrite_host = true\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_header_bytes = 16384\n\n[[gateway]]\nlisten = \"127.0.0.1:2\"\nhost_suffix = \".SVC.local\"\n",
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.protocol, Protocol::Http);
+    assert_eq!(s.route.request_timeout, Duration::from_secs(2));
+    assert!(s.route.rewrite_host);
+    assert_eq!(
+        s.limits,
+        Limits {
+            max_connections: 10,
+            idle_timeout: Duration::from_secs(5),
+            max_header_bytes: 16384
+        }
+    );
+    let g = &c.gateways[0];
+    assert_eq!(g.host_suffix.as_deref(), Some(".svc.local"));
+    assert_eq!(g.limits, Limits::default());
+}
+
+#[test]
+fn http_mistakes_are_rejected() {
+    let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nidle_timeout = \"5s\"\n")
+        .unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(4), Some("service[0].idle_timeout")),
+        "{e}"
+    );
+    assert!(e.message.contains("only to protocol = \"http\""), "{e}");
+    let e =
+        parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nhost_suffix = \"svc.local\"\n").unwrap_err();
+    assert!(e.message.contains("must start with '.'"), "{e}");
+    let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nmax_header_bytes = 100\n").unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(3), Some("gateway[0].max_header_bytes")),
+        "{e}"
+    );
+    let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nmax_connections = 0\n").unwrap_err();
+    assert!(e.message.contains("outside 1..="), "{e}");
+    let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[gateway]]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+    assert!(e.message.contains("already used by service \"a\""), "{e}");
+    let e = parse("[[gateway]]\nlisten = \"127.0.0.1:1\"\nprefix = \"x\"\n").unwrap_err();
+    assert!(e.message.contains("unknown field `prefix`"), "{e}");
+    let e =
+        parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nretries = 17\n").unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+}
+
+#[test]
+fn missing_required_key_is_reported() {
+    let e = parse("[[service]]\nname = \"a\"\n").unwrap_err();
+    assert!(e.message.contains("missing field `listen`"), "{e}");
+}
+
+#[test]
+fn invalid_toml_is_located() {
+    let e = parse("[etcd\n").unwrap_err();
+    assert_eq!(e.line, Some(1), "{e}");
+}
+
+#[test]
+fn wrong_kinds_name_the_key_as_written() {
+    let e =
+        parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nretries = -1\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("service[0].retries"), "{e}");
+    assert_eq!(e.line, Some(4), "{e}");
+    let e =
+        parse("[[register]]\nservice = \"s\"\naddr = \"10.0.0.1:80\"\nttl = \"1s\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("register[0].ttl"), "{e}");
+    assert!(e.message.contains("at least 2s"), "{e}");
+}
+
+#[test]
+fn port_zero_listeners_never_clash() {
+    let c = parse(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.services[0].listen.port(), 0);
+}

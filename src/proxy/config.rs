@@ -1,0 +1,272 @@
+//! The data plane's settings: `[[service]]` listeners, `[[gateway]]` listeners, and how each
+//! reaches a service's instances.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::balance::Balance;
+use crate::field::{positive, within, FieldResult, HumanDuration, Key, ListenAddr};
+use crate::registry::ServiceName;
+
+/// How a listener speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Bytes are relayed; one instance is picked per connection.
+    Tcp,
+    /// HTTP/1.1 and h2c are proxied; one instance is picked per request.
+    Http,
+}
+
+impl Protocol {
+    /// The name used in config files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// One `[[service]]` block: a local port forwarding to a registered service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The service name, as it appears in registry keys.
+    pub name: ServiceName,
+    /// The local address applications dial.
+    pub listen: SocketAddr,
+    /// The protocol spoken on `listen`.
+    pub protocol: Protocol,
+    /// How connections and requests reach the service's instances; gateways use it too.
+    pub route: RouteConfig,
+    /// Limits of the listener.
+    pub limits: Limits,
+}
+
+/// How connections or requests reach the instances of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The picking policy.
+    pub balance: Balance,
+    /// How long a connect to one instance may take before another is tried.
+    pub connect_timeout: Duration,
+    /// How many other instances are tried when a connect fails.
+    pub retries: u32,
+    /// HTTP: how long an instance may take to send response headers.
+    pub request_timeout: Duration,
+    /// HTTP: send the instance's address as Host instead of the client's Host.
+    pub rewrite_host: bool,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            retries: 2,
+            request_timeout: Duration::from_secs(30),
+            rewrite_host: false,
+        }
+    }
+}
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// HTTP: how long a kept-alive client connection may sit idle (or take to send headers).
+    pub idle_timeout: Duration,
+    /// HTTP: the largest request head accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One `[[gateway]]` block: an HTTP port that routes each request by its Host header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The local address clients dial.
+    pub listen: SocketAddr,
+    /// Stripped from the Host (after its port) to get the service name, e.g. `.svc.local`.
+    pub host_suffix: Option<String>,
+    /// Limits of the listener.
+    pub limits: Limits,
+}
+
+/// The most instances a connection may try: the first pick plus this many retries. Beyond a
+/// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
+const MAX_RETRIES: u32 = 16;
+/// hyper's smallest read buffer; a smaller header limit cannot be enforced.
+const MIN_HEADER_BYTES: u64 = 8192;
+/// Far above any legitimate request head, low enough that one client cannot pin much memory.
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// A listener cap above this is a typo: each connection holds two descriptors.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// The limit keys of a listener block, as written.
+struct RawLimits<'a> {
+    max_connections: Option<&'a Spanned<u64>>,
+    idle_timeout: Option<&'a Spanned<HumanDuration>>,
+    max_header_bytes: Option<&'a Spanned<u64>>,
+}
+
+impl RawLimits<'_> {
+    fn validate(&self, key: &Key) -> FieldResult<Limits> {
+        let defaults = Limits::default();
+        Ok(Limits {
+            max_connections: within(
+                self.max_connections,
+                &key.field("max_connections"),
+                1..MAX_CONNECTIONS + 1,
+                defaults.max_connections as u64,
+            )? as usize,
+            idle_timeout: positive(
+                self.idle_timeout,
+                &key.field("idle_timeout"),
+                defaults.idle_timeout,
+            )?,
+            max_header_bytes: within(
+                self.max_header_bytes,
+                &key.field("max_header_bytes"),
+                MIN_HEADER_BYTES..MAX_HEADER_BYTES + 1,
+                defaults.max_header_bytes as u64,
+            )? as usize,
+        })
+    }
+}
+
+/// One `[[service]]` block as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub(crate) name: Spanned<ServiceName>,
+    pub(crate) listen: Spanned<ListenAddr>,
+    protocol: Option<Protocol>,
+    balance: Option<Balance>,
+    connect_timeout: Option<Spanned<HumanDuration>>,
+    retries: Option<Spanned<u32>>,
+    request_timeout: Option<Spanned<HumanDuration>>,
+    rewrite_host: Option<bool>,
+    max_connections: Option<Spanned<u64>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
+    max_header_bytes: Option<Spanned<u64>>,
+}
+
+impl RawService {
+    /// The block's settings; `key` is `service[i]`.
+    pub(crate) fn validate(self, key: &Key) -> FieldResult<ServiceConfig> {
+        let protocol = self.protocol.unwrap_or(Protocol::Tcp);
+        if protocol == Protocol::Tcp {
+            let http_only = [
+                (
+                    "idle_timeout",
+                    self.idle_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "max_header_bytes",
+                    self.max_header_bytes.as_ref().map(Spanned::span),
+                ),
+            ];
+            if let Some((field, span)) = http_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(key
+                    .field(field)
+                    .error(span, "applies only to protocol = \"http\" listeners"));
+            }
+        }
+        let defaults = RouteConfig::default();
+        let retries = match &self.retries {
+            None => defaults.retries,
+            Some(r) if *r.get_ref() > MAX_RETRIES => {
+                return Err(key.at(
+                    "retries",
+                    r,
+                    format!(
+                        "retries = {} is more than the allowed {MAX_RETRIES}",
+                        r.get_ref()
+                    ),
+                ))
+            }
+            Some(r) => *r.get_ref(),
+        };
+        let route = RouteConfig {
+            balance: self.balance.unwrap_or(defaults.balance),
+            connect_timeout: positive(
+                self.connect_timeout.as_ref(),
+                &key.field("connect_timeout"),
+                defaults.connect_timeout,
+            )?,
+            retries,
+            request_timeout: positive(
+                self.request_timeout.as_ref(),
+                &key.field("request_timeout"),
+                defaults.request_timeout,
+            )?,
+            rewrite_host: self.rewrite_host.unwrap_or(defaults.rewrite_host),
+        };
+        Ok(ServiceConfig {
+            limits: RawLimits {
+                max_connections: self.max_connections.as_ref(),
+                idle_timeout: self.idle_timeout.as_ref(),
+                max_header_bytes: self.max_header_bytes.as_ref(),
+            }
+            .validate(key)?,
+            name: self.name.into_inner(),
+            listen: self.listen.into_inner().0,
+            protocol,
+            route,
+        })
+    }
+}
+
+/// One `[[gateway]]` block as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub(crate) listen: Spanned<ListenAddr>,
+    host_suffix: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u64>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
+    max_header_bytes: Option<Spanned<u64>>,
+}
+
+impl RawGateway {
+    /// The block's settings; `key` is `gateway[i]`.
+    pub(crate) fn validate(self, key: &Key) -> FieldResult<GatewayConfig> {
+        let host_suffix = match &self.host_suffix {
+            None => None,
+            Some(s) if s.get_ref().len() < 2 || !s.get_ref().starts_with('.') => {
+                return Err(key.at(
+                    "host_suffix",
+                    s,
+                    format!(
+                        "host_suffix \"{}\" must start with '.', like \".svc.local\"",
+                        s.get_ref()
+                    ),
+                ))
+            }
+            Some(s) => Some(s.get_ref().to_ascii_lowercase()),
+        };
+        Ok(GatewayConfig {
+            limits: RawLimits {
+                max_connections: self.max_connections.as_ref(),
+                idle_timeout: self.idle_timeout.as_ref(),
+                max_header_bytes: self.max_header_bytes.as_ref(),
+            }
+            .validate(key)?,
+            listen: self.listen.into_inner().0,
+            host_suffix,
+        })
+    }
+}

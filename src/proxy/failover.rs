@@ -1,0 +1,117 @@
+//! The one failure path of the data plane: which instances a connection or request tries, in
+//! what order, and what a failed connect counts and logs.
+
+use std::fmt::Display;
+
+use tracing::{debug, warn};
+
+use super::error::ProxyError;
+use super::metrics::ListenerMetrics;
+use crate::addr::Addr;
+use crate::balance::Balance;
+use crate::snapshot::{Pick, Retries, ServiceCell};
+use crate::throttle::Throttle;
+
+/// The instances one connection or request may try: the picked one, then up to `retries`
+/// others, each at most once, spread so a dead instance's share goes to every survivor.
+pub(crate) struct Attempts<'a> {
+    /// The service's cell.
+    cell: &'a ServiceCell,
+    /// The service, for errors and logs.
+    service: &'a str,
+    /// The listener's counters.
+    metrics: &'a ListenerMetrics,
+    /// Throttles connect-failure warnings.
+    throttle: &'a Throttle,
+    /// The first choice.
+    pick: Pick,
+    /// How many instances may be tried in all.
+    limit: usize,
+    /// How many have failed.
+    failed: usize,
+    /// The others, taken from the snapshot current at the first failure.
+    rest: Option<Retries>,
+}
+
+/// What a listener needs to start attempts for one service.
+pub(crate) struct Target<'a> {
+    /// The service's cell.
+    pub(crate) cell: &'a ServiceCell,
+    /// The service name.
+    pub(crate) service: &'a str,
+    /// The picking policy.
+    pub(crate) balance: Balance,
+    /// Other instances tried after a failed connect.
+    pub(crate) retries: u32,
+    /// Throttles connect-failure warnings.
+    pub(crate) throttle: &'a Throttle,
+}
+
+impl<'a> Attempts<'a> {
+    /// Picks the first instance to try.
+    ///
+    /// # Errors
+    /// [`ProxyError::NoInstances`] when the service has none.
+    pub(crate) fn start(
+        target: &Target<'a>,
+        metrics: &'a ListenerMetrics,
+    ) -> Result<(Attempts<'a>, Addr), ProxyError> {
+        let Some(pick) = target.cell.pick(target.balance) else {
+            return Err(ProxyError::NoInstances {
+                service: target.service.to_string(),
+            });
+        };
+        let first = pick.addr.clone();
+        Ok((
+            Attempts {
+                cell: target.cell,
+                service: target.service,
+                metrics,
+                throttle: target.throttle,
+                limit: pick.candidates.min(target.retries as usize + 1),
+                pick,
+                failed: 0,
+                rest: None,
+            },
+            first,
+        ))
+    }
+
+    /// Whether the current attempt is the last one allowed.
+    pub(crate) fn is_last(&self) -> bool {
+        self.failed + 1 >= self.limit
+    }
+
+    /// Records that connecting to `addr` failed with `cause`, and says where to go next.
+    ///
+    /// # Errors
+    /// [`ProxyError::Exhausted`] when no attempt is left, [`ProxyError::NoInstances`] when the
+    /// service lost every instance meanwhile.
+    pub(crate) fn failed(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
+        self.metrics.connect_failures.inc();
+        if self.throttle.allow() {
+            warn!(service = self.service, %addr, error = %cause, "connect to instance failed");
+        } else {
+            debug!(service = self.service, %addr, error = %cause, "connect to instance failed");
+        }
+        self.failed += 1;
+        if self.failed < self.limit {
+            let (cell, pick) = (self.cell, &self.pick);
+            let rest = self.rest.get_or_insert_with(|| cell.retries(pick));
+            if let Some(next) = rest.next() {
+                return Ok(next);
+            }
+            if rest.service_is_empty() {
+                return Err(ProxyError::NoInstances {
+                    service: self.service.to_string(),
+                });
+            }
+        }
+        Err(ProxyError::Exhausted {
+            service: self.service.to_string(),
+            attempts: self.failed,
+            addr: addr.clone(),
+            cause: cause.to_string(),
+        })
+    }
+}

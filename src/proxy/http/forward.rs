@@ -1,0 +1,183 @@
+//! Forwarding one request: pick an instance, send, fail over while nothing has been sent, and
+//! answer failures with a one-line text of cairn's own.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::body::{ProxyBody, Reclaimable, RequestBody};
+use super::headers::{forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol};
+use super::routes::Route;
+use super::upgrade::tunnel;
+use crate::proxy::error::ProxyError;
+use crate::proxy::failover::{Attempts, Target};
+use crate::proxy::metrics::ListenerMetrics;
+
+/// What one listener needs to forward requests.
+pub(crate) struct Forwarder {
+    /// This listener's counters.
+    pub(crate) metrics: ListenerMetrics,
+    /// Tracks WebSocket and other upgraded tunnels so the drain waits for them.
+    pub(crate) tunnels: TaskTracker,
+    /// Fires when the grace period is over; tunnels end then.
+    pub(crate) abort: CancellationToken,
+}
+
+impl Forwarder {
+    /// Sends `req` to an instance of `route`; a failure becomes cairn's own answer.
+    pub(crate) async fn forward(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        match self.send(route, req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => self.answer(&e),
+        }
+    }
+
+    /// A one-line plain-text answer for `e`, counted on the listener.
+    pub(crate) fn answer(&self, e: &ProxyError) -> Response<ProxyBody> {
+        e.count(&self.metrics);
+        let mut resp = Response::new(
+            Full::new(Bytes::from(format!("cairn: {e}\n")))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = e.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// Sends `req`, failing over while nothing has been sent.
+    async fn send(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let target = Target {
+            cell: &route.cell,
+            service: &route.service,
+            balance: route.config.balance,
+            retries: route.config.retries,
+            throttle: &route.throttle,
+        };
+        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics)?;
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let host = request_host(&parts.headers, &parts.uri);
+        let mut headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref());
+        let client_host = host.and_then(|h| HeaderValue::from_str(h).ok());
+        let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        loop {
+            let uri = format!("http://{addr}{path}").parse::<Uri>().map_err(|e| {
+                ProxyError::BadTarget {
+                    service: route.service.clone(),
+                    cause: e.to_string(),
+                }
+            })?;
+            let mut upstream = Request::new(RequestBody::of(body.as_ref()));
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            // Only an attempt that may be followed by another needs its own copy.
+            *upstream.headers_mut() = if attempts.is_last() {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let host_value = if route.config.rewrite_host {
+                HeaderValue::from_str(&addr.to_string()).ok()
+            } else {
+                client_host.clone()
+            };
+            if let Some(h) = host_value {
+                upstream.headers_mut().insert(header::HOST, h);
+            }
+
+            let sent =
+                tokio::time::timeout(route.config.request_timeout, route.client.request(upstream))
+                    .await;
+            let error = match sent {
+                Ok(Ok(resp)) => return self.respond(resp, client_upgrade, route),
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        service: route.service.clone(),
+                        addr,
+                        after: route.config.request_timeout,
+                    })
+                }
+                Ok(Err(e)) => e,
+            };
+            let reclaimable = body.as_ref().is_none_or(|b| !b.started());
+            if !error.is_connect() || !reclaimable {
+                debug!(service = %route.service, %addr, error = %cause(&error), "upstream request failed");
+                return Err(ProxyError::Upstream {
+                    service: route.service.clone(),
+                    cause: cause(&error),
+                    addr,
+                });
+            }
+            addr = attempts.failed(&addr, &cause(&error))?;
+        }
+    }
+
+    /// Passes the upstream's response on; a `101 Switching Protocols` becomes a tunnel.
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
+        route: &Route,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_side) = client_upgrade else {
+                return Err(ProxyError::SwitchedUnasked {
+                    service: route.service.clone(),
+                });
+            };
+            return Ok(tunnel(
+                resp,
+                client_side,
+                &self.tunnels,
+                self.abort.clone(),
+                route.service.clone(),
+            ));
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(BodyExt::boxed))
+    }
+}
+
+/// The error chain below the client's generic "client error (Connect)", in one line.
+fn cause(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}

@@ -1,0 +1,192 @@
+//! Routes: how requests for each service are forwarded, and which service a gateway's Host
+//! names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::RequestBody;
+use crate::proxy::config::RouteConfig;
+use crate::registry::ServiceName;
+use crate::snapshot::{ServiceCell, Store};
+use crate::throttle::Throttle;
+
+/// The client every HTTP listener shares for one connect timeout.
+pub(crate) type Upstream = Client<HttpConnector, RequestBody>;
+
+/// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
+/// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How requests for one service are forwarded.
+pub(crate) struct Route {
+    /// The service name, for logs and error answers.
+    pub(crate) service: String,
+    /// The service's snapshot cell.
+    pub(crate) cell: Arc<ServiceCell>,
+    /// Balance, retries, timeouts and Host rewriting.
+    pub(crate) config: RouteConfig,
+    /// The pooled client for this route's connect timeout.
+    pub(crate) client: Upstream,
+    /// Throttles connect-failure warnings.
+    pub(crate) throttle: Throttle,
+}
+
+/// Every route an HTTP listener may use, shared by all HTTP listeners and gateways.
+pub(crate) struct Routes {
+    /// Where services not configured by a `[[service]]` block are looked up.
+    store: Arc<Store>,
+    /// Routes of `[[service]]` blocks, whatever their protocol, so gateways use their settings.
+    configured: HashMap<String, Arc<Route>>,
+    /// Routes made on first use for services known only from the registry.
+    discovered: DashMap<String, Arc<Route>>,
+    /// One pooled client per distinct connect timeout, so most setups share a single pool.
+    clients: Mutex<HashMap<Duration, Upstream>>,
+}
+
+impl Routes {
+    /// Routes for every configured service, reading `store`.
+    pub(crate) fn new<'a>(
+        store: Arc<Store>,
+        services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
+    ) -> Arc<Routes> {
+        let mut routes = Routes {
+            store,
+            configured: HashMap::new(),
+            discovered: DashMap::new(),
+            clients: Mutex::new(HashMap::new()),
+        };
+        for (name, config) in services {
+            let route = routes.make(name, config.clone());
+            routes.configured.insert(name.to_string(), Arc::new(route));
+        }
+        Arc::new(routes)
+    }
+
+    /// The route of a configured service.
+    pub(crate) fn configured(&self, service: &str) -> Option<Arc<Route>> {
+        self.configured.get(service).cloned()
+    }
+
+    /// The route of `service` if it is configured or in the registry; never creates a cell for a
+    /// name the registry has not mentioned, so random Host headers cost nothing.
+    pub(crate) fn find(&self, service: &str) -> Option<Arc<Route>> {
+        if let Some(route) = self.configured.get(service) {
+            return Some(Arc::clone(route));
+        }
+        if let Some(route) = self.discovered.get(service) {
+            return Some(Arc::clone(&route));
+        }
+        self.store.get(service)?;
+        let route = Arc::new(self.make(service, RouteConfig::default()));
+        Some(Arc::clone(
+            &self.discovered.entry(service.to_string()).or_insert(route),
+        ))
+    }
+
+    /// The route a gateway takes for `host`: the service it names, or the lowercase form of it.
+    pub(crate) fn for_host<'h>(
+        &self,
+        host: &'h str,
+        suffix: Option<&str>,
+    ) -> (&'h str, Option<Arc<Route>>) {
+        let name = service_from_host(host, suffix);
+        let found = self.find(name).or_else(|| {
+            let lower = name.to_ascii_lowercase();
+            (lower != name).then(|| self.find(&lower)).flatten()
+        });
+        (name, found)
+    }
+
+    fn make(&self, service: &str, config: RouteConfig) -> Route {
+        let client = self
+            .clients
+            .lock()
+            .expect("the client map lock is never held across a panic")
+            .entry(config.connect_timeout)
+            .or_insert_with(|| upstream_client(config.connect_timeout))
+            .clone();
+        Route {
+            service: service.to_string(),
+            cell: self.store.cell(service),
+            config,
+            client,
+            throttle: Throttle::per_second(),
+        }
+    }
+}
+
+fn upstream_client(connect_timeout: Duration) -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Where a listener sends requests.
+pub(crate) enum Routing {
+    /// Every request goes to one service.
+    Service(Arc<Route>),
+    /// The Host header names the service; `suffix` is stripped from it first.
+    Gateway {
+        /// Lowercase suffix such as `.svc.local`.
+        suffix: Option<String>,
+    },
+}
+
+/// The service a gateway routes `host` to: the host without its port, trailing dot and suffix.
+fn service_from_host<'h>(host: &'h str, suffix: Option<&str>) -> &'h str {
+    let mut name = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    name = name.strip_suffix('.').unwrap_or(name);
+    if let Some(suffix) = suffix {
+        let cut = name.len().wrapping_sub(suffix.len());
+        if name.len() > suffix.len()
+            && name.is_char_boundary(cut)
+            && name[cut..].eq_ignore_ascii_case(suffix)
+        {
+            name = &name[..cut];
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_hosts_name_services() {
+        assert_eq!(service_from_host("orders", None), "orders");
+        assert_eq!(service_from_host("orders:8080", None), "orders");
+        assert_eq!(
+            service_from_host("orders.svc.local", Some(".svc.local")),
+            "orders"
+        );
+        assert_eq!(
+            service_from_host("orders.SVC.local:80", Some(".svc.local")),
+            "orders"
+        );
+        assert_eq!(
+            service_from_host("orders.svc.local.", Some(".svc.local")),
+            "orders"
+        );
+        assert_eq!(service_from_host("orders", Some(".svc.local")), "orders");
+        assert_eq!(
+            service_from_host(".svc.local", Some(".svc.local")),
+            ".svc.local"
+        );
+        assert_eq!(service_from_host("[::1]:80", None), "[::1]");
+        assert_eq!(service_from_host("é.svc.local", Some(".svc.local")), "é");
+    }
+}

@@ -1,0 +1,91 @@
+//! The live state of a registrar, read by `/metrics`, tests and library users.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::config::Registration;
+
+/// Labels of one registration's gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Labels {
+    service: String,
+    id: String,
+}
+
+/// Live state of a registrar.
+#[derive(Debug)]
+pub struct Status {
+    /// `service/id` of each registration, in order.
+    pub labels: Vec<String>,
+    /// 1 while each registration's key is written under the live lease, in order.
+    registered: Vec<Gauge>,
+    /// Every registration's gauge, labelled with its service and id.
+    family: Family<Labels, Gauge>,
+    /// Leases granted (1 in a quiet life; one more per lost lease).
+    pub lease_grants: Counter,
+    /// Keys put back after someone else deleted or overwrote them.
+    pub repairs: Counter,
+}
+
+impl Status {
+    /// The state of a registrar of `registrations`: nothing registered yet.
+    pub(super) fn new(registrations: &[Registration]) -> Status {
+        let family = Family::<Labels, Gauge>::default();
+        Status {
+            labels: registrations.iter().map(Registration::label).collect(),
+            registered: registrations
+                .iter()
+                .map(|r| {
+                    family.get_or_create_owned(&Labels {
+                        service: r.service.clone(),
+                        id: r.id.clone(),
+                    })
+                })
+                .collect(),
+            family,
+            lease_grants: Counter::default(),
+            repairs: Counter::default(),
+        }
+    }
+
+    /// Whether registration `index` is written under the live lease.
+    pub fn is_registered(&self, index: usize) -> bool {
+        self.registered.get(index).is_some_and(|g| g.get() == 1)
+    }
+
+    /// Records whether registration `index` is written under the live lease.
+    pub(super) fn set_registered(&self, index: usize, registered: bool) {
+        if let Some(g) = self.registered.get(index) {
+            g.set(i64::from(registered));
+        }
+    }
+
+    /// Records that no registration is written (the lease is gone or revoked).
+    pub(super) fn clear(&self) {
+        for g in &self.registered {
+            g.set(0);
+        }
+    }
+
+    /// Adds the registrar's metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cairn_registration_registered",
+            "1 while the instance's key is written under the live lease",
+            self.family.clone(),
+        );
+        registry.register(
+            "cairn_registration_lease_grants",
+            "Leases granted for this process's registrations",
+            self.lease_grants.clone(),
+        );
+        registry.register(
+            "cairn_registration_repairs",
+            "Registered keys put back after someone deleted or overwrote them",
+            self.repairs.clone(),
+        );
+    }
+}

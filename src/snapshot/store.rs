@@ -1,0 +1,91 @@
+//! Every service cairn knows, each with its [`ServiceCell`], and the etcd revision they reflect.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::cell::{ServiceCell, Snapshot};
+use crate::instance::Instance;
+
+/// All services cairn knows, with the etcd revision they reflect.
+#[derive(Debug, Default)]
+pub struct Store {
+    /// Service name to its cell. Cells are never removed, so a held cell stays current.
+    services: DashMap<String, Arc<ServiceCell>>,
+    /// The etcd revision the snapshots reflect.
+    revision: AtomicI64,
+    /// Whether a full list of the registry has been applied at least once.
+    synced: AtomicBool,
+}
+
+impl Store {
+    /// An empty store: no services, revision 0, not synced.
+    pub fn new() -> Arc<Store> {
+        Arc::new(Store::default())
+    }
+
+    /// The cell of `service`, created empty if the registry has not mentioned it yet.
+    pub fn cell(&self, service: &str) -> Arc<ServiceCell> {
+        if let Some(cell) = self.services.get(service) {
+            return Arc::clone(&cell);
+        }
+        Arc::clone(&self.services.entry(service.to_string()).or_default())
+    }
+
+    /// The cell of `service` if the registry or a listener has mentioned it; never creates one.
+    pub fn get(&self, service: &str) -> Option<Arc<ServiceCell>> {
+        self.services.get(service).map(|c| Arc::clone(&c))
+    }
+
+    /// Every service with its current snapshot, sorted by name.
+    pub fn snapshots(&self) -> Vec<(String, Arc<Snapshot>)> {
+        let mut all: Vec<_> = self
+            .services
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    arc_swap::Guard::into_inner(e.value().load()),
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The etcd revision of the last applied update.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Whether a full list of the registry has been applied.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Replaces the instances of `service`, for callers that feed the store without etcd
+    /// (benchmarks, embedding). Ids must be distinct.
+    pub fn publish(&self, service: &str, instances: Vec<Instance>) {
+        let mut instances: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        self.cell(service).publish(instances);
+    }
+
+    /// Records that every update up to `revision` is applied; `listed` after a full list.
+    pub(super) fn applied(&self, revision: i64, listed: bool) {
+        self.revision.store(revision, Ordering::Release);
+        if listed {
+            self.synced.store(true, Ordering::Release);
+        }
+    }
+
+    /// The names of the services that currently have instances.
+    pub(super) fn populated(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|e| !e.value().load().is_empty())
+            .map(|e| e.key().clone())
+            .collect()
+    }
+}

@@ -1,0 +1,267 @@
+//! The discovery sink that keeps a [`Store`] current: applies each [`Update`] and swaps in a new
+//! snapshot for every service whose instances really changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::cell::ServiceCell;
+use super::store::Store;
+use crate::instance::Instance;
+use crate::update::{Change, Sink, Update};
+
+/// The discovery sink that keeps a [`Store`] current.
+///
+/// It keeps no copy of the registry: the current snapshots are the state, and a change builds
+/// the next snapshot from the current one, sharing every untouched instance.
+#[derive(Debug)]
+pub struct StoreWriter {
+    /// The store readers see.
+    store: Arc<Store>,
+}
+
+impl StoreWriter {
+    /// A writer for `store`, which it assumes empty.
+    pub fn new(store: Arc<Store>) -> StoreWriter {
+        StoreWriter { store }
+    }
+
+    fn reset(&self, instances: Vec<(String, Arc<Instance>)>) {
+        let mut fresh: HashMap<String, Vec<Arc<Instance>>> = HashMap::new();
+        for (service, instance) in instances {
+            fresh.entry(service).or_default().push(instance);
+        }
+        for service in self.store.populated() {
+            if !fresh.contains_key(&service) {
+                self.store.cell(&service).publish(Vec::new());
+            }
+        }
+        for (service, mut instances) in fresh {
+            // etcd lists keys in order, so this sort is a check that costs one pass.
+            if !instances.is_sorted_by(|a, b| a.id <= b.id) {
+                instances.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+            instances.dedup_by(|b, a| a.id == b.id);
+            let cell = self.store.cell(&service);
+            if cell.load().instances() != instances.as_slice() {
+                cell.publish(instances);
+            }
+        }
+    }
+
+    fn change(&self, changes: Vec<Change>) {
+        // Per service, the last change of each id wins, in id order for the merge below.
+        let mut edits: HashMap<String, BTreeMap<String, Option<Arc<Instance>>>> = HashMap::new();
+        for change in changes {
+            match change {
+                Change::Put {
+                    service, instance, ..
+                } => {
+                    let id = instance.id.clone();
+                    edits.entry(service).or_default().insert(id, Some(instance));
+                }
+                Change::Delete { service, id, .. } => {
+                    edits.entry(service).or_default().insert(id, None);
+                }
+            }
+        }
+        for (service, edits) in edits {
+            let cell = match self.store.get(&service) {
+                Some(cell) => cell,
+                // Deleting what was never there creates nothing.
+                None if edits.values().all(Option::is_none) => continue,
+                None => self.store.cell(&service),
+            };
+            apply(&cell, edits);
+        }
+    }
+}
+
+/// Merges `edits` into the cell's sorted snapshot and publishes the result if anything changed.
+/// Untouched instances are shared with the old snapshot, not copied.
+fn apply(cell: &ServiceCell, edits: BTreeMap<String, Option<Arc<Instance>>>) {
+    let current = cell.load();
+    let mut out = Vec::with_capacity(current.len() + edits.len());
+    let mut changed = false;
+    let mut edits = edits.into_iter().peekable();
+    for instance in current.instances() {
+        // Edits of ids the snapshot lacks, sorted before this one: only a put adds something.
+        while let Some((_, edit)) = edits.next_if(|(id, _)| id.as_str() < instance.id.as_str()) {
+            if let Some(new) = edit {
+                out.push(new);
+                changed = true;
+            }
+        }
+        match edits.next_if(|(id, _)| *id == instance.id) {
+            Some((_, Some(new))) if new == *instance => out.push(Arc::clone(instance)),
+            Some((_, Some(new))) => {
+                out.push(new);
+                changed = true;
+            }
+            Some((_, None)) => changed = true,
+            None => out.push(Arc::clone(instance)),
+        }
+    }
+    for (_, edit) in edits {
+        if let Some(new) = edit {
+            out.push(new);
+            changed = true;
+        }
+    }
+    drop(current);
+    if changed {
+        cell.publish(out);
+    }
+}
+
+impl Sink for StoreWriter {
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Reset {
+                revision,
+                instances,
+            } => {
+                self.reset(instances);
+                self.store.applied(revision, true);
+            }
+            Update::Changes { revision, changes } => {
+                self.change(changes);
+                self.store.applied(revision, false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Endpoint, Format};
+
+    fn inst(id: &str, addr: &str) -> Arc<Instance> {
+        Arc::new(Instance {
+            id: id.to_string(),
+            endpoint: Endpoint::new(addr.parse().unwrap(), Format::Plain),
+        })
+    }
+
+    fn put(service: &str, id: &str, addr: &str, revision: i64) -> Change {
+        Change::Put {
+            service: service.into(),
+            instance: inst(id, addr),
+            revision,
+        }
+    }
+
+    fn delete(service: &str, id: &str, revision: i64) -> Change {
+        Change::Delete {
+            service: service.into(),
+            id: id.into(),
+            revision,
+        }
+    }
+
+    fn ids(store: &Store, service: &str) -> Vec<String> {
+        store
+            .cell(service)
+            .load()
+            .instances()
+            .iter()
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn reset_then_changes_publish_whole_snapshots() {
+        let store = Store::new();
+        let orders = store.cell("orders");
+        let mut w = StoreWriter::new(Arc::clone(&store));
+        assert!(!store.synced());
+        w.apply(Update::Reset {
+            revision: 5,
+            instances: vec![
+                ("orders".into(), inst("b", "10.0.0.2:80")),
+                ("orders".into(), inst("a", "10.0.0.1:80")),
+                ("users".into(), inst("u", "10.0.0.3:80")),
+            ],
+        });
+        assert!(store.synced());
+        assert_eq!(store.revision(), 5);
+        assert_eq!(ids(&store, "orders"), ["a", "b"]);
+        assert_eq!(
+            orders.load().len(),
+            2,
+            "a cell resolved before the sync sees it"
+        );
+
+        w.apply(Update::Changes {
+            revision: 8,
+            changes: vec![
+                delete("orders", "a", 6),
+                put("orders", "c", "10.0.0.4:80", 7),
+                put("orders", "0", "10.0.0.5:80", 7),
+                put("orders", "d", "10.0.0.6:80", 8),
+                delete("orders", "d", 8),
+                delete("nobody", "x", 8),
+            ],
+        });
+        assert_eq!(ids(&store, "orders"), ["0", "b", "c"]);
+        assert_eq!(store.revision(), 8);
+        assert!(
+            store.get("nobody").is_none(),
+            "a delete of nothing creates no service"
+        );
+
+        w.apply(Update::Reset {
+            revision: 9,
+            instances: vec![("orders".into(), inst("c", "10.0.0.4:80"))],
+        });
+        assert_eq!(ids(&store, "orders"), ["c"]);
+        assert!(
+            ids(&store, "users").is_empty(),
+            "a service gone from etcd is emptied"
+        );
+    }
+
+    #[test]
+    fn unchanged_services_keep_their_snapshot_and_changes_share_instances() {
+        let store = Store::new();
+        let mut w = StoreWriter::new(Arc::clone(&store));
+        let all = vec![
+            ("orders".to_string(), inst("a", "10.0.0.1:80")),
+            ("orders".to_string(), inst("b", "10.0.0.2:80")),
+            ("users".to_string(), inst("u", "10.0.0.3:80")),
+        ];
+        w.apply(Update::Reset {
+            revision: 1,
+            instances: all.clone(),
+        });
+        let users = arc_swap::Guard::into_inner(store.cell("users").load());
+        let orders = arc_swap::Guard::into_inner(store.cell("orders").load());
+        w.apply(Update::Reset {
+            revision: 2,
+            instances: all,
+        });
+        w.apply(Update::Changes {
+            revision: 3,
+            changes: vec![put("users", "u", "10.0.0.3:80", 3)],
+        });
+        let now = arc_swap::Guard::into_inner(store.cell("users").load());
+        assert!(
+            Arc::ptr_eq(&users, &now),
+            "an identical put published a snapshot"
+        );
+
+        w.apply(Update::Changes {
+            revision: 4,
+            changes: vec![put("orders", "b", "10.0.0.9:80", 4)],
+        });
+        let after = store.cell("orders").load();
+        assert!(
+            Arc::ptr_eq(&after.instances()[0], &orders.instances()[0]),
+            "the untouched instance was copied"
+        );
+        assert_eq!(
+            after.instances()[1].endpoint.addr.to_string(),
+            "10.0.0.9:80"
+        );
+    }
+}
