@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::support::cairn::{Cairn, ADMIN};
 use crate::support::etcd::Cluster;
+use crate::support::patient;
 use crate::support::upstream::{greeting, Tagged};
 
 const SOON: Duration = Duration::from_secs(15);
@@ -21,7 +22,7 @@ async fn write(cluster: &Cluster, i: usize, key: &str, value: Option<&str>) {
         };
         match done {
             Ok(()) => return,
-            Err(e) if start.elapsed() < SOON => {
+            Err(e) if start.elapsed() < patient(SOON) => {
                 eprintln!("write to {key} through member {i} failed, retrying: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
