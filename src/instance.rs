@@ -10,3 +10,17 @@ pub struct Instance {
     /// What its registry value says.
     pub endpoint: Endpoint,
 }
+
+#[cfg(test)]
+impl Instance {
+    /// An instance with a plain-format value, for tests.
+    pub(crate) fn plain(id: &str, addr: &str) -> std::sync::Arc<Instance> {
+        std::sync::Arc::new(Instance {
+            id: id.to_string(),
+            endpoint: Endpoint::new(
+                addr.parse().expect("tests use valid addresses"),
+                crate::registry::Format::Plain,
+            ),
+        })
+    }
+}

@@ -185,13 +185,9 @@ impl Iterator for Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Endpoint, Format};
 
     fn inst(id: &str, addr: &str) -> Arc<Instance> {
-        Arc::new(Instance {
-            id: id.to_string(),
-            endpoint: Endpoint::new(addr.parse().unwrap(), Format::Plain),
-        })
+        Instance::plain(id, addr)
     }
 
     fn cell(n: usize) -> ServiceCell {

@@ -134,13 +134,9 @@ impl Sink for StoreWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Endpoint, Format};
 
     fn inst(id: &str, addr: &str) -> Arc<Instance> {
-        Arc::new(Instance {
-            id: id.to_string(),
-            endpoint: Endpoint::new(addr.parse().unwrap(), Format::Plain),
-        })
+        Instance::plain(id, addr)
     }
 
     fn put(service: &str, id: &str, addr: &str, revision: i64) -> Change {
