@@ -51,30 +51,28 @@ impl FromStr for Addr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Ok(sa) = s.parse::<SocketAddr>() {
             if sa.port() == 0 {
-                return Err(format!("address \"{s}\" has port 0"));
+                return Err(format!("address {s:?} has port 0"));
             }
             if sa.ip().is_unspecified() {
-                return Err(format!(
-                    "address \"{s}\" is unspecified and cannot be dialed"
-                ));
+                return Err(format!("address {s:?} is unspecified and cannot be dialed"));
             }
             return Ok(Addr::Ip(sa));
         }
         let (host, port) = s
             .rsplit_once(':')
-            .ok_or_else(|| format!("address \"{s}\" has no port (expected host:port)"))?;
+            .ok_or_else(|| format!("address {s:?} has no port (expected host:port)"))?;
         let port: u16 = port
             .parse()
-            .map_err(|_| format!("address \"{s}\" has an invalid port \"{port}\""))?;
+            .map_err(|_| format!("address {s:?} has an invalid port {port:?}"))?;
         if port == 0 {
-            return Err(format!("address \"{s}\" has port 0"));
+            return Err(format!("address {s:?} has port 0"));
         }
         if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
             return Err(format!(
-                "address \"{s}\" is not valid (IPv6 needs brackets: [::1]:80)"
+                "address {s:?} is not valid (IPv6 needs brackets: [::1]:80)"
             ));
         }
-        check_hostname(host).map_err(|why| format!("address \"{s}\": {why}"))?;
+        check_hostname(host).map_err(|why| format!("address {s:?}: {why}"))?;
         Ok(Addr::Host {
             host: host.to_ascii_lowercase().into(),
             port,
@@ -100,7 +98,7 @@ fn check_hostname(host: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
-            return Err(format!("\"{host}\" is not a valid hostname"));
+            return Err(format!("{host:?} is not a valid hostname"));
         }
     }
     Ok(())

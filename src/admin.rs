@@ -10,13 +10,14 @@ mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text::{encode, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -28,7 +29,23 @@ pub use config::AdminConfig;
 pub(crate) use config::RawAdmin;
 pub(crate) use metrics::StoreCollector;
 
+use crate::accept::{accept_loop, Caps};
 use crate::snapshot::Store;
+
+/// Connections the admin endpoint serves at once: room for scrapers, probes and an operator
+/// beside a hundred stalled clients, few enough to fit in the descriptors kept out of the data
+/// plane's reach.
+const ADMIN_CONNECTIONS: usize = 128;
+
+/// Pending admin connections the kernel holds while all of the above are busy.
+pub(crate) const ADMIN_BACKLOG: usize = 128;
+
+/// A client gets this long to send a request head, and a kept-alive connection this long to
+/// send the next one: an admin request is a few short lines.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest admin request head (hyper's smallest buffer is 8 KiB).
+const ADMIN_MAX_HEAD: usize = 16 * 1024;
 
 /// What the admin endpoint reports on.
 pub(crate) struct Admin {
@@ -43,34 +60,33 @@ pub(crate) struct Admin {
 impl Admin {
     /// Serves until `stop` fires.
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        debug!(error = %e, "admin accept failed");
-                        continue;
-                    }
-                },
-            };
+        let caps = Caps::new(ADMIN_CONNECTIONS, None);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            // Also the idle timeout of a kept-alive connection: it waits for the next head.
+            .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+            .max_buf_size(ADMIN_MAX_HEAD);
+        let closing = stop.clone();
+        accept_loop(listener, caps, stop, |stream, peer, permit| {
             let admin = Arc::clone(&self);
-            let stop = stop.clone();
+            let stop = closing.clone();
+            let http = http.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = Arc::clone(&admin);
                     async move { Ok::<_, Infallible>(admin.respond(&req)) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                let conn = http.serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     r = conn => if let Err(e) = r {
                         debug!(%peer, error = %e, "admin connection failed");
                     },
                     _ = stop.cancelled() => {}
                 }
+                drop(permit);
             });
-        }
+        })
+        .await;
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {

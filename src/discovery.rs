@@ -233,7 +233,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                     return StreamEnd::Relist;
                 }
                 WatchMessage::Canceled { reason } => {
-                    return StreamEnd::Broken(format!("watch canceled: {reason}"))
+                    return StreamEnd::Broken(format!("watch canceled: {reason:?}"))
                 }
                 WatchMessage::Created(h)
                 | WatchMessage::Progress(h)

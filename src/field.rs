@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ impl FromStr for HumanDuration {
         humantime::parse_duration(s)
             .map(HumanDuration)
             .map_err(|e| {
-                format!("invalid duration \"{s}\": {e} (use e.g. \"500ms\", \"5s\", \"1m\")")
+                format!("invalid duration {s:?}: {e} (use e.g. \"500ms\", \"5s\", \"1m\")")
             })
     }
 }
@@ -129,7 +129,7 @@ impl FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse().map(ListenAddr).map_err(|_| {
             format!(
-                "invalid address \"{s}\": expected IP:port, like \"127.0.0.1:7001\" or \"[::1]:7001\""
+                "invalid address {s:?}: expected IP:port, like \"127.0.0.1:7001\" or \"[::1]:7001\""
             )
         })
     }
@@ -137,21 +137,39 @@ impl FromStr for ListenAddr {
 
 deserialize_from_str!(HumanDuration, ListenAddr);
 
-/// A duration that must be longer than zero, or `default` when the key is absent.
+/// A duration within `range`, or `default` when the key is absent.
+///
+/// Every duration has a range: a value far beyond any sensible setting (`10000000000000000000s`)
+/// would overflow the clock arithmetic at run time, so `check` and `run` refuse it alike.
 ///
 /// # Errors
-/// When the value is zero.
-pub fn positive(
+/// When the value lies outside `range`.
+pub fn duration(
     value: Option<&Spanned<HumanDuration>>,
     key: &Key,
+    range: RangeInclusive<Duration>,
     default: Duration,
 ) -> FieldResult<Duration> {
-    match value {
-        Some(d) if d.get_ref().0.is_zero() => {
-            Err(key.error(Some(d.span()), "must be longer than zero"))
-        }
-        Some(d) => Ok(d.get_ref().0),
-        None => Ok(default),
+    let Some(d) = value else {
+        return Ok(default);
+    };
+    check_duration(d.get_ref().0, &range).map_err(|m| key.error(Some(d.span()), m))
+}
+
+/// `d` if it lies within `range`, else why not.
+///
+/// # Errors
+/// A message naming the bound that `d` breaks.
+pub fn check_duration(d: Duration, range: &RangeInclusive<Duration>) -> Result<Duration, String> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if d.is_zero() && !range.contains(&d) {
+        Err("must be longer than zero".to_string())
+    } else if d < *range.start() {
+        Err(format!("must be at least {}", show(*range.start())))
+    } else if d > *range.end() {
+        Err(format!("must be at most {}", show(*range.end())))
+    } else {
+        Ok(d)
     }
 }
 
@@ -223,7 +241,28 @@ mod tests {
             .message
             .contains("outside 1..=10"));
         assert_eq!(within(None, &k, 1..11, 5), Ok(5));
+        let range = Duration::from_millis(1)..=Duration::from_secs(60);
         let zero = Spanned::new(0..1, HumanDuration(Duration::ZERO));
-        assert!(positive(Some(&zero), &k, Duration::from_secs(1)).is_err());
+        let e = duration(Some(&zero), &k, range.clone(), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.message, "must be longer than zero");
+        let huge: HumanDuration = "10000000000000000000s".parse().unwrap();
+        let e = duration(
+            Some(&Spanned::new(0..1, huge)),
+            &k,
+            range.clone(),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "must be at most 1m");
+        assert_eq!(
+            check_duration(Duration::ZERO, &(Duration::ZERO..=Duration::from_secs(1))),
+            Ok(Duration::ZERO)
+        );
+        assert!(check_duration(
+            Duration::from_millis(5),
+            &(Duration::from_millis(10)..=Duration::from_secs(1))
+        )
+        .unwrap_err()
+        .contains("at least 10ms"));
     }
 }

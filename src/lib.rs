@@ -22,9 +22,9 @@
 //!    - [`snapshot`]: immutable per-service snapshots behind `ArcSwap`, the writer that swaps
 //!      them, and the order a failed pick retries in; [`balance`]: picking policies;
 //!    - [`field`]: config field types and located errors shared by every component;
-//!      [`backoff`]: retry delays.
-//! 2. **Runtime support**: [`shutdown`] (the root signal), `net` (dialing), `throttle` (one
-//!    warning a second).
+//!      [`backoff`]: retry delays; [`text`]: outside strings made safe to print.
+//! 2. **Runtime support**: [`shutdown`] (the root signal), `accept` (listening sockets and the
+//!    accept loop), `net` (dialing), `throttle` (one warning a second).
 //! 3. **Components**, each owning its config section and validation:
 //!    - [`etcd`]: the connection, paged reads, one-line errors, outage logging;
 //!    - [`discovery`]: list-then-watch with resume, dedup, compaction and restore recovery,
@@ -53,8 +53,10 @@ pub mod field;
 pub mod instance;
 pub mod registry;
 pub mod snapshot;
+pub mod text;
 pub mod update;
 
+pub(crate) mod accept;
 pub(crate) mod net;
 pub mod shutdown;
 pub(crate) mod throttle;

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                 let shutdown = cairn::shutdown::on_signal();
                 Server::bind(config)
                     .await?
-                    .run(shutdown, shutdown_grace.0)
+                    .run(shutdown, shutdown_grace)
                     .await
             })
         }

@@ -1,11 +1,39 @@
-//! Dialing instance addresses: hostnames are resolved at connect time, inside the timeout.
+//! Dialing instance addresses: hostnames are resolved inside the connect timeout, and an address
+//! that is one of cairn's own listeners is never dialed, since forwarding to it would loop through
+//! cairn until every connection slot is held.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::addr::Addr;
+
+/// The addresses this process listens on.
+#[derive(Debug, Default)]
+pub(crate) struct OwnAddrs(Vec<SocketAddr>);
+
+impl OwnAddrs {
+    /// The listeners bound at `addrs`.
+    pub(crate) fn new(addrs: Vec<SocketAddr>) -> OwnAddrs {
+        OwnAddrs(addrs)
+    }
+
+    /// The listener that a connection to `peer` would reach, if it is one of ours: the same
+    /// address, or the same port of a wildcard listener when `peer` is an address of this host.
+    pub(crate) fn reached_by(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.0.iter().copied().find(|own| {
+            own.port() == peer.port()
+                && (own.ip() == peer.ip() || (own.ip().is_unspecified() && is_local(peer.ip())))
+        })
+    }
+}
+
+/// Whether `ip` is an address of this host: binding a socket to it succeeds only then.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
 
 /// Connects to `addr`, resolving a hostname first.
 ///
@@ -18,19 +46,99 @@ pub(crate) async fn connect(addr: &Addr) -> io::Result<TcpStream> {
     }
 }
 
-/// Dials `addr` with TCP_NODELAY set, giving up after `timeout`.
+/// Dials `addr` with TCP_NODELAY set, giving up after `timeout` (lookup included). Addresses that
+/// are cairn's own listeners are skipped; a hostname's other addresses are tried in turn.
 ///
 /// # Errors
-/// The connect's error, or `TimedOut` when `timeout` passed first.
-pub(crate) async fn dial(addr: &Addr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, connect(addr))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer within {}", humantime::format_duration(timeout)),
-            )
-        })??;
+/// The last connect's error, `TimedOut` when `timeout` passed first, or `ConnectionRefused` when
+/// every address is one of cairn's own listeners.
+pub(crate) async fn dial(addr: &Addr, timeout: Duration, own: &OwnAddrs) -> io::Result<TcpStream> {
+    let connected = tokio::time::timeout(timeout, async {
+        match addr {
+            Addr::Ip(sa) => connect_unless_own(addr, *sa, own).await,
+            Addr::Host { host, port } => {
+                let mut last = None;
+                for sa in tokio::net::lookup_host((&**host, *port)).await? {
+                    match connect_unless_own(addr, sa, own).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{addr} resolves to no address"),
+                    )
+                }))
+            }
+        }
+    })
+    .await;
+    let stream = connected.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        )
+    })??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+async fn connect_unless_own(addr: &Addr, sa: SocketAddr, own: &OwnAddrs) -> io::Result<TcpStream> {
+    if let Some(listener) = own.reached_by(sa) {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("{addr} is cairn's own listener {listener}; forwarding there would loop"),
+        ));
+    }
+    TcpStream::connect(sa).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_of_our_own_listener_is_recognised() {
+        let own = OwnAddrs::new(vec![sa("127.0.0.1:7001"), sa("0.0.0.0:7002")]);
+        assert_eq!(
+            own.reached_by(sa("127.0.0.1:7001")),
+            Some(sa("127.0.0.1:7001"))
+        );
+        assert_eq!(
+            own.reached_by(sa("127.0.0.2:7002")),
+            Some(sa("0.0.0.0:7002"))
+        );
+        assert_eq!(own.reached_by(sa("127.0.0.1:7003")), None);
+        assert_eq!(
+            own.reached_by(sa("127.0.0.2:7001")),
+            None,
+            "another loopback address"
+        );
+        // 192.0.2.0/24 is reserved for documentation: never an address of this host.
+        assert_eq!(own.reached_by(sa("192.0.2.1:7002")), None, "another host");
+    }
+
+    #[tokio::test]
+    async fn dialing_our_own_listener_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let own = OwnAddrs::new(vec![addr]);
+        let e = dial(&Addr::Ip(addr), Duration::from_secs(5), &own)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(e.to_string().contains("own listener"), "{e}");
+        assert!(dial(
+            &Addr::Ip(addr),
+            Duration::from_secs(5),
+            &OwnAddrs::default()
+        )
+        .await
+        .is_ok());
+    }
 }

@@ -1,7 +1,7 @@
 //! The data plane: local listeners that forward to picked instances.
 //!
 //! [`tcp`] relays bytes and picks once per connection; [`http`] proxies requests and picks once
-//! per request. Both share the accept loop and its connection cap ([`listener`]), one failure
+//! per request. Both share one failure
 //! path ([`failover`]: which instances to try, what a failed connect counts and logs), and one
 //! error type ([`error`]: the status, the counter and the one-line message of every failure).
 
@@ -9,7 +9,6 @@ pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failover;
 pub(crate) mod http;
-pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod tcp;
 

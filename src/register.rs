@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use check::{Check, CheckUrl, Probe};
-pub use config::{default_id, Registration, Ttl, MIN_TTL};
+pub use config::{default_id, Registration, Ttl, MAX_TTL, MIN_TTL};
 pub(crate) use config::{validate, RawRegister};
 pub use etcd::EtcdLeases;
 pub use lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
@@ -151,7 +151,7 @@ impl From<EtcdError> for End {
 
 impl Registrar<EtcdLeases> {
     /// A registrar for `instances` under `prefix` in etcd, with a lease of `ttl` (rounded up to
-    /// whole seconds, at least [`MIN_TTL`]).
+    /// whole seconds, within [`MIN_TTL`] and [`MAX_TTL`]).
     pub fn new(
         client: etcd_client::Client,
         prefix: &str,
@@ -168,7 +168,7 @@ impl<K: LeaseKeys> Registrar<K> {
         Registrar {
             keys,
             prefix: prefix.to_string(),
-            ttl: ttl.max(MIN_TTL),
+            ttl: ttl.clamp(MIN_TTL, MAX_TTL),
             instances,
         }
     }
@@ -210,8 +210,6 @@ impl<K: LeaseKeys> Registrar<K> {
         let mut lease: Option<i64> = None;
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut outage = Outage::default();
-        let mut registered_once = false;
-        let mut attempt = 0u64;
         loop {
             let established = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -220,15 +218,11 @@ impl<K: LeaseKeys> Registrar<K> {
             let mut session = match established {
                 Ok(s) => s,
                 Err(e) => {
-                    attempt += 1;
-                    let delay = backoff.next_delay();
-                    if registered_once {
-                        outage.failed("registering", &e.to_string());
-                    } else {
-                        warn!(attempt, retry_in = ?delay, error = %e, "registering failed, etcd unreachable? retrying");
-                    }
+                    // What etcd said, once, then every 30 s while it lasts (a full etcd, a
+                    // refused lease or an unreachable cluster may last for hours).
+                    outage.failed("registering", &e.to_string());
                     // Health changes keep arriving while etcd is away; the next session uses them.
-                    let deadline = Instant::now() + delay;
+                    let deadline = Instant::now() + backoff.next_delay();
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
@@ -239,11 +233,7 @@ impl<K: LeaseKeys> Registrar<K> {
                     continue;
                 }
             };
-            if registered_once {
-                outage.recovered("registering");
-            }
-            registered_once = true;
-            attempt = 0;
+            outage.recovered("registering");
             backoff.reset();
             match self
                 .serve(&mut session, &mut owned, &mut changes, &status, &stop)

@@ -16,10 +16,12 @@ use tracing::{info, warn};
 
 use prometheus_client::registry::Registry;
 
-use crate::admin::{Admin, StoreCollector};
+use crate::accept::{open_file_budget, Caps};
+use crate::admin::{Admin, StoreCollector, ADMIN_BACKLOG};
 use crate::config::Config;
 use crate::discovery::{Discovery, DiscoveryMetrics};
 use crate::error::Error;
+use crate::net::OwnAddrs;
 use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{GatewayConfig, ListenerFamilies, Protocol, ServiceConfig};
@@ -40,6 +42,9 @@ pub struct Server {
     gateways: Vec<(GatewayConfig, TcpListener)>,
     /// The snapshots every listener reads.
     store: Arc<Store>,
+    /// Connections every data-plane listener together may hold, so the open-file limit is
+    /// never reached by clients alone.
+    connections: Arc<Semaphore>,
 }
 
 impl Server {
@@ -51,30 +56,46 @@ impl Server {
     /// # Errors
     /// [`Error::Bind`] naming the listener whose address could not be bound.
     pub async fn bind(config: Config) -> Result<Server, Error> {
-        let admin = bind(config.admin.listen, "[admin]").await?;
+        let admin = bind(config.admin.listen, ADMIN_BACKLOG, "[admin]")?;
         let mut listeners = Vec::with_capacity(config.services.len());
         for service in &config.services {
             let what = format!("service \"{}\"", service.name);
-            let listener = bind(service.listen, &what).await?;
-            if !service.listen.ip().is_loopback() {
-                warn!(service = %service.name, listen = %service.listen, "listening on a non-loopback address: other hosts can reach this port");
-            }
+            let listener = bind(service.listen, service.limits.max_connections, &what)?;
             listeners.push((service.clone(), listener));
         }
         let mut gateways = Vec::with_capacity(config.gateways.len());
         for (i, gateway) in config.gateways.iter().enumerate() {
-            let listener = bind(gateway.listen, &format!("gateway[{i}]")).await?;
-            if !gateway.listen.ip().is_loopback() {
-                warn!(gateway = i, listen = %gateway.listen, "listening on a non-loopback address: other hosts can reach this port");
-            }
+            let what = format!("gateway[{i}]");
+            let listener = bind(gateway.listen, gateway.limits.max_connections, &what)?;
             gateways.push((gateway.clone(), listener));
         }
+        let wanted: usize = config
+            .services
+            .iter()
+            .map(|s| s.limits.max_connections)
+            .chain(config.gateways.iter().map(|g| g.limits.max_connections))
+            .fold(0, usize::saturating_add);
+        let allowed = match open_file_budget() {
+            Some((open_files, allowed)) => {
+                if wanted > allowed {
+                    warn!(
+                        open_files,
+                        max_connections = wanted,
+                        served_at_once = allowed,
+                        "the open-file limit allows fewer connections than the listeners' max_connections add up to; the rest wait in the backlog (raise LimitNOFILE or ulimit -n)"
+                    );
+                }
+                allowed
+            }
+            None => wanted,
+        };
         Ok(Server {
             config,
             admin,
             listeners,
             gateways,
             store: Store::new(),
+            connections: Arc::new(Semaphore::new(allowed.clamp(1, Semaphore::MAX_PERMITS))),
         })
     }
 
@@ -159,11 +180,16 @@ impl Server {
             draining: shutdown.clone(),
         });
         let admin_addr = self.admin_addr();
+        let mut own: Vec<SocketAddr> = vec![admin_addr];
+        own.extend(self.listen_addrs().into_iter().map(|(_, a)| a));
+        own.extend(self.gateway_addrs());
+        let own = Arc::new(OwnAddrs::new(own));
         let admin_task = tokio::spawn(admin.run(self.admin, background.clone()));
 
         let routes = Routes::new(
             Arc::clone(&self.store),
             self.config.services.iter().map(|s| (&s.name, &s.route)),
+            Arc::clone(&own),
         );
         let forwarder = |metrics| Forwarder {
             metrics,
@@ -176,7 +202,10 @@ impl Server {
                 .local_addr()
                 .expect("a bound listener has a local address");
             let metrics = families.listener(&listen.to_string(), &service.name);
-            let limit = Arc::new(Semaphore::new(service.limits.max_connections));
+            let caps = Caps::new(
+                service.limits.max_connections,
+                Some(Arc::clone(&self.connections)),
+            );
             info!(service = %service.name, %listen, protocol = service.protocol.as_str(), "listening");
             let task = match service.protocol {
                 Protocol::Tcp => {
@@ -188,10 +217,11 @@ impl Server {
                         retries: service.route.retries,
                         metrics,
                         throttle: Throttle::per_second(),
+                        own: Arc::clone(&own),
                     });
                     tokio::spawn(proxy.run(
                         listener,
-                        limit,
+                        caps,
                         tracker.clone(),
                         shutdown.clone(),
                         abort.clone(),
@@ -207,7 +237,7 @@ impl Server {
                         forwarder: forwarder(metrics),
                         limits: service.limits,
                     });
-                    tokio::spawn(http.run(listener, limit, tracker.clone(), shutdown.clone()))
+                    tokio::spawn(http.run(listener, caps, tracker.clone(), shutdown.clone()))
                 }
             };
             accepting.push(task);
@@ -217,7 +247,10 @@ impl Server {
                 .local_addr()
                 .expect("a bound listener has a local address");
             let metrics = families.listener(&listen.to_string(), "*");
-            let limit = Arc::new(Semaphore::new(gateway.limits.max_connections));
+            let caps = Caps::new(
+                gateway.limits.max_connections,
+                Some(Arc::clone(&self.connections)),
+            );
             info!(%listen, host_suffix = gateway.host_suffix.as_deref().unwrap_or(""), "gateway listening");
             let http = Arc::new(HttpListener {
                 routing: Routing::Gateway {
@@ -229,7 +262,7 @@ impl Server {
             });
             accepting.push(tokio::spawn(http.run(
                 listener,
-                limit,
+                caps,
                 tracker.clone(),
                 shutdown.clone(),
             )));
@@ -270,10 +303,15 @@ impl Server {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+/// Binds one listener with `backlog`, warning when other hosts can reach it.
+fn bind(addr: SocketAddr, backlog: usize, what: &str) -> Result<TcpListener, Error> {
+    let listener = crate::accept::bind(addr, backlog).map_err(|source| Error::Bind {
         what: what.to_string(),
         addr,
         source,
-    })
+    })?;
+    if !addr.ip().is_loopback() {
+        warn!(listener = what, listen = %addr, "listening on a non-loopback address: other hosts can reach this port");
+    }
+    Ok(listener)
 }

@@ -2,6 +2,7 @@
 //! the config file uses, so each field's rule and message is written once.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -9,7 +10,7 @@ use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
 use crate::etcd::{EndpointUrl, EtcdConfig};
-use crate::field::HumanDuration;
+use crate::field::{check_duration, HumanDuration};
 use crate::register::{CheckUrl, Ttl};
 use crate::registry::{Format, InstanceId, Prefix, ServiceName};
 
@@ -31,8 +32,8 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// How long open connections may take to finish after a shutdown signal.
-        #[arg(long, value_name = "DURATION", default_value = "10s")]
-        shutdown_grace: HumanDuration,
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = grace)]
+        shutdown_grace: Duration,
     },
     /// Validate a config file: exit 0 when it is good, print the mistake and exit 1 when not.
     Check {
@@ -141,4 +142,12 @@ pub struct RegisterArgs {
     /// Register only while GET on this URL answers 2xx
     #[arg(long, value_name = "URL")]
     pub(crate) check_http: Option<CheckUrl>,
+}
+
+/// The longest drain an operator can ask for: beyond an hour, a stuck client holds a node.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+fn grace(s: &str) -> Result<Duration, String> {
+    let HumanDuration(d) = s.parse()?;
+    check_duration(d, &(Duration::ZERO..=MAX_GRACE))
 }

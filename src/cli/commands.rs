@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::etcd::{list_prefix, EtcdError};
 use crate::register::{default_id, Check, Probe, Registrar, Registration};
 use crate::registry::{instance_key, parse_value, service_prefix, split_key, Endpoint};
+use crate::text::printable;
 use crate::update::{Change, Sink, Update};
 
 /// `cairn register`: registers one instance until `shutdown`, then revokes its lease.
@@ -120,7 +121,13 @@ pub async fn list(etcd: &EtcdArgs, service: Option<&str>) -> Result<(), Error> {
                 }
             },
         };
-        rows.push([service.to_string(), id.to_string(), address, format, ttl]);
+        rows.push([
+            printable(service).into_owned(),
+            printable(id).into_owned(),
+            address,
+            format,
+            ttl,
+        ]);
     }
     let widths: Vec<usize> = (0..5)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
@@ -179,8 +186,11 @@ impl Sink for Printer {
                 println!("listed at revision {revision}: {} instance(s)", shown.len());
                 for (service, i) in shown {
                     println!(
-                        "  {service}/{}  {}  {}",
-                        i.id, i.endpoint.addr, i.endpoint.format
+                        "  {}/{}  {}  {}",
+                        printable(service),
+                        printable(&i.id),
+                        i.endpoint.addr,
+                        i.endpoint.format
                     );
                 }
             }
@@ -192,15 +202,22 @@ impl Sink for Printer {
                             instance,
                             revision,
                         } if self.wanted(&service) => println!(
-                            "put     {service}/{}  {}  {}  (revision {revision})",
-                            instance.id, instance.endpoint.addr, instance.endpoint.format
+                            "put     {}/{}  {}  {}  (revision {revision})",
+                            printable(&service),
+                            printable(&instance.id),
+                            instance.endpoint.addr,
+                            instance.endpoint.format
                         ),
                         Change::Delete {
                             service,
                             id,
                             revision,
                         } if self.wanted(&service) => {
-                            println!("delete  {service}/{id}  (revision {revision})")
+                            println!(
+                                "delete  {}/{}  (revision {revision})",
+                                printable(&service),
+                                printable(&id)
+                            )
                         }
                         _ => {}
                     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::field::{deserialize_from_str, positive, FieldResult, HumanDuration, Key};
+use crate::field::{deserialize_from_str, duration, FieldResult, HumanDuration, Key};
 use crate::registry::Prefix;
 
 /// How to reach etcd and where the registry lives in it.
@@ -30,6 +30,10 @@ impl Default for EtcdConfig {
         }
     }
 }
+
+/// A connection attempt to a member longer than this is a member that is not coming.
+const DIAL_TIMEOUT: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(300);
 
 /// The client URL of one etcd member: `http://host:port` or `https://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,14 +58,14 @@ impl FromStr for EndpointUrl {
         let rest = ep
             .strip_prefix("http://")
             .or_else(|| ep.strip_prefix("https://"))
-            .ok_or_else(|| format!("endpoint \"{ep}\" must start with http:// or https://"))?;
+            .ok_or_else(|| format!("endpoint {ep:?} must start with http:// or https://"))?;
         let authority = rest.trim_end_matches('/');
         match authority.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
                 Ok(EndpointUrl(ep.to_string()))
             }
             _ => Err(format!(
-                "endpoint \"{ep}\" must name a host and a port, like http://127.0.0.1:2379"
+                "endpoint {ep:?} must name a host and a port, like http://127.0.0.1:2379"
             )),
         }
     }
@@ -98,9 +102,10 @@ impl RawEtcd {
         Ok(EtcdConfig {
             endpoints,
             prefix: self.prefix.unwrap_or(defaults.prefix),
-            dial_timeout: positive(
+            dial_timeout: duration(
                 self.dial_timeout.as_ref(),
                 &key.field("dial_timeout"),
+                DIAL_TIMEOUT,
                 defaults.dial_timeout,
             )?,
         })

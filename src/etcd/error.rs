@@ -2,6 +2,8 @@
 
 use etcd_client::Error as ClientError;
 
+use crate::text::printable;
+
 /// A failed etcd call, described in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -17,7 +19,7 @@ impl EtcdError {
     pub fn new(message: impl Into<String>) -> EtcdError {
         EtcdError {
             lease_gone: false,
-            message: message.into(),
+            message: printable(&message.into()).into_owned(),
         }
     }
 
@@ -37,7 +39,7 @@ impl EtcdError {
 
 impl From<ClientError> for EtcdError {
     fn from(e: ClientError) -> EtcdError {
-        let message = describe(&e);
+        let message = printable(&describe(&e)).into_owned();
         // etcd says "requested lease not found"; etcd-client's keepalive open says "lease not
         // found" when the first answer has no TTL left.
         let lease_gone = message.contains("lease not found");

@@ -2,13 +2,14 @@
 //! reaches a service's instances.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::balance::Balance;
-use crate::field::{positive, within, FieldResult, HumanDuration, Key, ListenAddr};
+use crate::field::{duration, within, FieldResult, HumanDuration, Key, ListenAddr};
 use crate::registry::ServiceName;
 
 /// How a listener speaks to its clients.
@@ -105,6 +106,17 @@ pub struct GatewayConfig {
     pub limits: Limits,
 }
 
+/// A connect that takes a minute is a dead instance; with up to 16 retries a client would wait
+/// a quarter of an hour.
+const CONNECT_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
+/// Long enough for long polls, short enough that a stuck instance is noticed the same day.
+const REQUEST_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
+/// An idle client kept for a day holds a slot for nothing.
+const IDLE_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
+
 /// The most instances a connection may try: the first pick plus this many retries. Beyond a
 /// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
 const MAX_RETRIES: u32 = 16;
@@ -132,9 +144,10 @@ impl RawLimits<'_> {
                 1..MAX_CONNECTIONS + 1,
                 defaults.max_connections as u64,
             )? as usize,
-            idle_timeout: positive(
+            idle_timeout: duration(
                 self.idle_timeout,
                 &key.field("idle_timeout"),
+                IDLE_TIMEOUT,
                 defaults.idle_timeout,
             )?,
             max_header_bytes: within(
@@ -202,15 +215,17 @@ impl RawService {
         };
         let route = RouteConfig {
             balance: self.balance.unwrap_or(defaults.balance),
-            connect_timeout: positive(
+            connect_timeout: duration(
                 self.connect_timeout.as_ref(),
                 &key.field("connect_timeout"),
+                CONNECT_TIMEOUT,
                 defaults.connect_timeout,
             )?,
             retries,
-            request_timeout: positive(
+            request_timeout: duration(
                 self.request_timeout.as_ref(),
                 &key.field("request_timeout"),
+                REQUEST_TIMEOUT,
                 defaults.request_timeout,
             )?,
             rewrite_host: self.rewrite_host.unwrap_or(defaults.rewrite_host),
@@ -251,7 +266,7 @@ impl RawGateway {
                     "host_suffix",
                     s,
                     format!(
-                        "host_suffix \"{}\" must start with '.', like \".svc.local\"",
+                        "host_suffix {:?} must start with '.', like \".svc.local\"",
                         s.get_ref()
                     ),
                 ))

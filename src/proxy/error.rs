@@ -61,7 +61,7 @@ pub(crate) enum ProxyError {
         service: String,
     },
     /// HTTP gateways: the Host names no known service.
-    #[error("no service \"{name}\" in the registry (from Host \"{host}\")")]
+    #[error("no service {name:?} in the registry (from Host {host:?})")]
     UnknownService {
         /// The service name taken from the Host.
         name: String,
@@ -71,8 +71,17 @@ pub(crate) enum ProxyError {
     /// HTTP gateways: the request has no Host.
     #[error("the request has no Host header to pick a service by")]
     NoHost,
+    /// HTTP: a request in asterisk form (`* HTTP/1.1`) other than `OPTIONS`.
+    #[error("{method} * names no resource to forward")]
+    Asterisk {
+        /// The request's method.
+        method: String,
+    },
+    /// HTTP: a CONNECT request; cairn is not a forward proxy.
+    #[error("CONNECT is not served: cairn forwards requests to services, it opens no tunnels")]
+    Connect,
     /// HTTP: the request's target cannot be sent to an instance.
-    #[error("service \"{service}\": cannot build the upstream URI: {cause}")]
+    #[error("service {service:?}: cannot build the upstream URI: {cause}")]
     BadTarget {
         /// The service.
         service: String,
@@ -91,7 +100,8 @@ impl ProxyError {
             | ProxyError::SwitchedUnasked { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UnknownService { .. } | ProxyError::NoHost => StatusCode::NOT_FOUND,
-            ProxyError::BadTarget { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadTarget { .. } | ProxyError::Asterisk { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -105,7 +115,9 @@ impl ProxyError {
                 &metrics.upstream_errors
             }
             ProxyError::UnknownService { .. } | ProxyError::NoHost => &metrics.not_found,
-            ProxyError::BadTarget { .. } => return,
+            ProxyError::BadTarget { .. } | ProxyError::Asterisk { .. } | ProxyError::Connect => {
+                return
+            }
         };
         counter.inc();
     }

@@ -9,13 +9,17 @@
 //! it reached an upstream: a request is never delivered twice.
 //!
 //! - [`listener`]: accepting clients, serving their connections, picking the route.
+//! - [`activity`]: when a client connection counts as idle.
 //! - [`routes`]: the route of each service, and the service a Host names.
 //! - [`forward`]: sending a request to an instance, with retries and failure answers.
 //! - [`headers`]: what is removed from and added to requests and responses.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
+//! - [`connect`]: how the pooled client dials instances.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 
+pub(crate) mod activity;
 pub(crate) mod body;
+pub(crate) mod connect;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod listener;

@@ -5,18 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::error::ProxyError;
 use super::failover::{Attempts, Target};
-use super::listener::accept_loop;
 use super::metrics::{Active, ListenerMetrics};
+use crate::accept::{accept_loop, Caps};
 use crate::addr::Addr;
 use crate::balance::Balance;
-use crate::net::dial;
+use crate::net::{dial, OwnAddrs};
 use crate::registry::ServiceName;
 use crate::snapshot::ServiceCell;
 use crate::throttle::Throttle;
@@ -37,6 +36,8 @@ pub(crate) struct TcpProxy {
     pub(crate) metrics: ListenerMetrics,
     /// Throttles connect-failure warnings.
     pub(crate) throttle: Throttle,
+    /// cairn's own listeners, which are never dialed.
+    pub(crate) own: Arc<OwnAddrs>,
 }
 
 impl TcpProxy {
@@ -44,12 +45,12 @@ impl TcpProxy {
     pub(crate) async fn run(
         self: Arc<Self>,
         listener: TcpListener,
-        limit: Arc<Semaphore>,
+        caps: Caps,
         tracker: TaskTracker,
         shutdown: CancellationToken,
         abort: CancellationToken,
     ) {
-        accept_loop(listener, limit, shutdown, |stream, peer, permit| {
+        accept_loop(listener, caps, shutdown, |stream, peer, permit| {
             let proxy = Arc::clone(&self);
             let abort = abort.clone();
             tracker.spawn(async move {
@@ -98,7 +99,7 @@ impl TcpProxy {
         };
         let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics)?;
         loop {
-            match dial(&addr, self.connect_timeout).await {
+            match dial(&addr, self.connect_timeout, &self.own).await {
                 Ok(stream) => return Ok((stream, addr)),
                 Err(e) => addr = attempts.failed(&addr, &e)?,
             }

@@ -22,7 +22,7 @@ use toml::Spanned;
 use tracing::{debug, info, warn};
 
 use crate::addr::Addr;
-use crate::field::{deserialize_from_str, positive, FieldResult, HumanDuration, Key};
+use crate::field::{deserialize_from_str, duration, FieldResult, HumanDuration, Key};
 
 /// What a check probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,14 @@ impl Check {
     }
 }
 
+/// Probes more often than every 10 ms load the checked service more than they tell; an interval
+/// over an hour is a check that never runs.
+const INTERVAL: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
+/// A probe that may take over an hour has no timeout.
+const TIMEOUT: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
+
 /// A health-check URL: `http://host:port/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckUrl(pub Uri);
@@ -138,9 +146,9 @@ impl FromStr for CheckUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uri: Uri = s.parse().map_err(|e| format!("invalid URL \"{s}\": {e}"))?;
+        let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(format!("URL \"{s}\" must be http://host:port/path"));
+            return Err(format!("URL {s:?} must be http://host:port/path"));
         }
         Ok(CheckUrl(uri))
     }
@@ -192,12 +200,18 @@ impl RawCheck {
             (None, None, None) => unreachable!("exactly one probe was given"),
         };
         let mut check = Check::new(probe);
-        check.interval = positive(
+        check.interval = duration(
             self.interval.as_ref(),
             &key.field("interval"),
+            INTERVAL,
             check.interval,
         )?;
-        check.timeout = positive(self.timeout.as_ref(), &key.field("timeout"), check.timeout)?;
+        check.timeout = duration(
+            self.timeout.as_ref(),
+            &key.field("timeout"),
+            TIMEOUT,
+            check.timeout,
+        )?;
         for (field, value, slot) in [
             ("rise", &self.rise, &mut check.rise),
             ("fall", &self.fall, &mut check.fall),

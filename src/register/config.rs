@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::check::{Check, RawCheck};
 use crate::addr::Addr;
-use crate::field::{deserialize_from_str, FieldResult, HumanDuration, Key, Lines};
+use crate::field::{check_duration, deserialize_from_str, FieldResult, HumanDuration, Key, Lines};
 use crate::registry::{Endpoint, Format, InstanceId, ServiceName};
 
 /// One instance to register.
@@ -68,6 +68,10 @@ pub fn default_id(addr: &Addr) -> String {
 /// The shortest lease etcd grants; shorter requests get this much anyway.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 
+/// A dead process's keys linger for the TTL: a day is already far beyond useful, and etcd
+/// refuses TTLs near its own limit with an error cairn could only retry.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A lease TTL: a dead process leaves the registry within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(pub Duration);
@@ -90,7 +94,9 @@ impl FromStr for Ttl {
                 humantime::format_duration(MIN_TTL)
             ));
         }
-        Ok(Ttl(d))
+        check_duration(d, &(MIN_TTL..=MAX_TTL))
+            .map(Ttl)
+            .map_err(|m| format!("ttl {m}"))
     }
 }
 

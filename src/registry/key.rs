@@ -22,7 +22,7 @@ impl FromStr for ServiceName {
             .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
         {
             return Err(format!(
-                "service name \"{name}\" contains {c:?}, which cannot appear in a registry key segment"
+                "service name {name:?} contains {c:?}, which cannot appear in a registry key segment"
             ));
         }
         Ok(ServiceName(name.to_string()))
@@ -41,7 +41,7 @@ impl FromStr for InstanceId {
             return Err("instance id is empty".to_string());
         }
         if let Some(c) = id.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("instance id \"{id}\" contains {c:?}"));
+            return Err(format!("instance id {id:?} contains {c:?}"));
         }
         Ok(InstanceId(id.to_string()))
     }
@@ -57,7 +57,7 @@ impl FromStr for Prefix {
     fn from_str(p: &str) -> Result<Self, Self::Err> {
         if p.len() < 2 || !p.ends_with('/') {
             return Err(format!(
-                "prefix \"{p}\" must be non-empty and end with '/', like \"/services/\""
+                "prefix {p:?} must be non-empty and end with '/', like \"/services/\""
             ));
         }
         Ok(Prefix(p.to_string()))

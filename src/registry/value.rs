@@ -46,7 +46,7 @@ impl FromStr for Format {
             "json" => Ok(Format::Json),
             "etcd-endpoints" => Ok(Format::EtcdEndpoints),
             other => Err(format!(
-                "unknown format \"{other}\": expected plain, json or etcd-endpoints"
+                "unknown format {other:?}: expected plain, json or etcd-endpoints"
             )),
         }
     }

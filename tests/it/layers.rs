@@ -12,10 +12,14 @@ const LAYERS: [(&str, &[&str]); 4] = [
     (
         "domain core",
         &[
-            "addr", "backoff", "balance", "field", "instance", "registry", "snapshot", "update",
+            "addr", "backoff", "balance", "field", "instance", "registry", "snapshot", "text",
+            "update",
         ],
     ),
-    ("runtime support", &["net", "shutdown", "throttle"]),
+    (
+        "runtime support",
+        &["accept", "net", "shutdown", "throttle"],
+    ),
     (
         "components",
         &["admin", "discovery", "etcd", "proxy", "register"],

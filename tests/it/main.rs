@@ -8,6 +8,7 @@ mod support;
 mod check;
 mod cluster;
 mod discovery;
+mod hostile;
 mod http;
 mod layers;
 mod register;

@@ -57,9 +57,9 @@ fn bound(log: &str) -> Option<Bound> {
                 services,
                 gateways,
             });
-        } else if line.contains(": gateway listening ") {
+        } else if line.contains(": gateway listening listen=") {
             gateways.push(addr("listen")?);
-        } else if line.contains(": listening ") {
+        } else if line.contains(": listening service=") {
             services.push((field(line, "service")?.to_string(), addr("listen")?));
         }
     }
@@ -75,6 +75,15 @@ impl Cairn {
 
     /// As [`Cairn::start`], with extra arguments to `cairn run`.
     pub async fn start_with_args(config: &str, args: &[&str]) -> Cairn {
+        Cairn::launch(config, args, None).await
+    }
+
+    /// As [`Cairn::start`], under an open-file limit of `nofile` (soft and hard).
+    pub async fn start_limited(config: &str, nofile: u64) -> Cairn {
+        Cairn::launch(config, &[], Some(nofile)).await
+    }
+
+    async fn launch(config: &str, args: &[&str], nofile: Option<u64>) -> Cairn {
         let config_dir = tempfile::Builder::new()
             .prefix("cairn-test-config-")
             .tempdir()
@@ -84,7 +93,7 @@ impl Cairn {
         let path = path.to_str().expect("a UTF-8 temp path");
         let mut all = vec!["run", "-c", path];
         all.extend_from_slice(args);
-        let mut proc = Proc::spawn(&all);
+        let mut proc = Proc::spawn_limited(&all, nofile);
         let deadline = Instant::now() + patient(Duration::from_secs(20));
         let bound = loop {
             if let Some(status) = proc.try_wait() {
@@ -285,6 +294,11 @@ pub struct Proc {
 impl Proc {
     /// Runs `cairn <args>`; stdout goes to `stdout.log`, stderr to `stderr.log`.
     pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_limited(args, None)
+    }
+
+    /// As [`Proc::spawn`], under an open-file limit of `nofile` when given.
+    pub fn spawn_limited(args: &[&str], nofile: Option<u64>) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix("cairn-test-proc-")
             .tempdir()
@@ -293,7 +307,17 @@ impl Proc {
             std::fs::File::create(dir.path().join("stdout.log")).expect("creating stdout.log");
         let err =
             std::fs::File::create(dir.path().join("stderr.log")).expect("creating stderr.log");
-        let child = Command::new(bin())
+        let mut command = match nofile {
+            None => Command::new(bin()),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                sh
+            }
+        };
+        let child = command
             .args(args)
             .env("RUST_LOG", "cairn=debug")
             .stdin(Stdio::null())

@@ -11,6 +11,7 @@
 pub mod cairn;
 pub mod etcd;
 pub mod http;
+pub mod raw;
 pub mod upstream;
 
 use std::future::Future;
@@ -67,4 +68,24 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The CPU time process `pid` has used so far (user and system), from /proc.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    // Linux reports CPU time in clock ticks of 1/100 s on every platform cairn runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The share of one CPU process `pid` used over the next `window`.
+pub async fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let before = cpu_time(pid);
+    tokio::time::sleep(window).await;
+    (cpu_time(pid) - before).as_secs_f64() / window.as_secs_f64()
 }

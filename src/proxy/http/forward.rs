@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::body::{ProxyBody, Reclaimable, RequestBody};
-use super::headers::{forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol};
+use super::headers::{
+    forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED,
+};
 use super::routes::Route;
 use super::upgrade::tunnel;
 use crate::proxy::error::ProxyError;
@@ -59,6 +61,10 @@ impl Forwarder {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let ProxyError::Connect = e {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        }
         resp
     }
 
@@ -158,6 +164,11 @@ impl Forwarder {
                 self.abort.clone(),
                 route.service.clone(),
             ));
+        }
+        // A response framed both ways is framed by Transfer-Encoding (RFC 9112 §6.3): the
+        // Content-Length must not reach the client, whose framing is hyper's to choose.
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(BodyExt::boxed))

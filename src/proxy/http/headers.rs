@@ -28,6 +28,9 @@ pub(crate) fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// The methods cairn forwards, as an `Allow` header lists them.
+pub(crate) const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
 /// Headers that describe one connection, not the message; a proxy never forwards them.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,

@@ -5,24 +5,25 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::activity::Activity;
 use super::body::ProxyBody;
 use super::forward::Forwarder;
-use super::headers::request_host;
+use super::headers::{request_host, ALLOWED};
 use super::routes::{Routes, Routing};
+use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
-use crate::proxy::listener::accept_loop;
 use crate::proxy::metrics::Active;
 
 /// One HTTP listener: a `[[service]]` with `protocol = "http"` or a `[[gateway]]`.
@@ -39,11 +40,12 @@ pub(crate) struct HttpListener {
 
 impl HttpListener {
     /// Accepts until `shutdown`, then lets in-flight requests finish: idle keep-alive
-    /// connections close at once, busy ones after their current response.
+    /// connections close at once, busy ones after their current response. A connection with no
+    /// request for the idle timeout is closed the same way.
     pub(crate) async fn run(
         self: Arc<Self>,
         listener: TcpListener,
-        limit: Arc<Semaphore>,
+        caps: Caps,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) {
@@ -60,21 +62,26 @@ impl HttpListener {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(self.limits.idle_timeout / 2);
-        let graceful = GracefulShutdown::new();
         let abort = self.forwarder.abort.clone();
         let idle = self.limits.idle_timeout;
         let draining = shutdown.clone();
-        accept_loop(listener, limit, shutdown, |stream, peer, permit| {
+        accept_loop(listener, caps, shutdown, |stream, peer, permit| {
             self.forwarder.metrics.accepted.inc();
             let _ = stream.set_nodelay(true);
             let this = Arc::clone(&self);
+            let activity = Activity::new();
+            let busy = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |req| {
                 let this = Arc::clone(&this);
-                async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                let busy = busy.begin();
+                async move {
+                    let resp = this.handle(req, peer).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let abort = abort.clone();
             let builder = builder.clone();
-            let watcher = graceful.watcher();
             let draining = draining.clone();
             tracker.spawn(async move {
                 // Detecting HTTP/1.1 or h2 waits for the client's first bytes with no timer of
@@ -92,27 +99,35 @@ impl HttpListener {
                     },
                     _ = draining.cancelled() => return,
                 }
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = watcher.watch(conn);
-                tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        debug!(%peer, error = %e, "client connection ended with an error");
-                    },
-                    _ = abort.cancelled() => {}
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                // A graceful shutdown lets the requests in flight finish, then closes: HTTP/2
+                // clients get a GOAWAY, kept-alive HTTP/1.1 clients a close after the response.
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                debug!(%peer, error = %e, "client connection ended with an error");
+                            }
+                            break;
+                        }
+                        _ = draining.cancelled(), if !closing => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        _ = activity.idle(idle), if !closing => {
+                            debug!(%peer, "client connection idle, closing");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        _ = abort.cancelled() => break,
+                    }
                 }
                 drop(permit);
             });
         })
         .await;
-        let abort = self.forwarder.abort.clone();
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = graceful.shutdown() => {}
-                _ = abort.cancelled() => {}
-            }
-        });
     }
 
     /// Routes one request and forwards it.
@@ -120,6 +135,20 @@ impl HttpListener {
         let metrics = &self.forwarder.metrics;
         metrics.requests.inc();
         let _active = Active::new(&metrics.active);
+        if req.method() == Method::CONNECT {
+            return self.forwarder.answer(&ProxyError::Connect);
+        }
+        if req.uri() == "*" {
+            // Asterisk-form asks about the server, not a resource: cairn answers for itself
+            // instead of building an upstream URI out of "*".
+            return if req.method() == Method::OPTIONS {
+                options_asterisk()
+            } else {
+                self.forwarder.answer(&ProxyError::Asterisk {
+                    method: req.method().to_string(),
+                })
+            };
+        }
         let found;
         let route = match &self.routing {
             Routing::Service(route) => route,
@@ -143,4 +172,12 @@ impl HttpListener {
         };
         self.forwarder.forward(route, req, peer).await
     }
+}
+
+/// The answer to `OPTIONS *`: what cairn forwards.
+fn options_asterisk() -> Response<ProxyBody> {
+    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+    resp
 }

@@ -6,18 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
+use super::connect::Connector;
+use crate::net::OwnAddrs;
 use crate::proxy::config::RouteConfig;
 use crate::registry::ServiceName;
 use crate::snapshot::{ServiceCell, Store};
 use crate::throttle::Throttle;
 
 /// The client every HTTP listener shares for one connect timeout.
-pub(crate) type Upstream = Client<HttpConnector, RequestBody>;
+pub(crate) type Upstream = Client<Connector, RequestBody>;
 
 /// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
 /// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
@@ -47,6 +48,8 @@ pub(crate) struct Routes {
     discovered: DashMap<String, Arc<Route>>,
     /// One pooled client per distinct connect timeout, so most setups share a single pool.
     clients: Mutex<HashMap<Duration, Upstream>>,
+    /// cairn's own listeners, which no client ever dials.
+    own: Arc<OwnAddrs>,
 }
 
 impl Routes {
@@ -54,12 +57,14 @@ impl Routes {
     pub(crate) fn new<'a>(
         store: Arc<Store>,
         services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
+        own: Arc<OwnAddrs>,
     ) -> Arc<Routes> {
         let mut routes = Routes {
             store,
             configured: HashMap::new(),
             discovered: DashMap::new(),
             clients: Mutex::new(HashMap::new()),
+            own,
         };
         for (name, config) in services {
             let route = routes.make(name, config.clone());
@@ -109,7 +114,7 @@ impl Routes {
             .lock()
             .expect("the client map lock is never held across a panic")
             .entry(config.connect_timeout)
-            .or_insert_with(|| upstream_client(config.connect_timeout))
+            .or_insert_with(|| upstream_client(config.connect_timeout, &self.own))
             .clone();
         Route {
             service: service.to_string(),
@@ -121,10 +126,11 @@ impl Routes {
     }
 }
 
-fn upstream_client(connect_timeout: Duration) -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
+fn upstream_client(connect_timeout: Duration, own: &Arc<OwnAddrs>) -> Upstream {
+    let connector = Connector {
+        timeout: connect_timeout,
+        own: Arc::clone(own),
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
