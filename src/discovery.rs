@@ -19,6 +19,8 @@ mod source;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

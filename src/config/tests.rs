@@ -194,3 +194,23 @@ fn port_zero_listeners_never_clash() {
     .unwrap();
     assert_eq!(c.services[0].listen.port(), 0);
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_text_loads_or_fails_with_a_located_error(text in "\\PC{0,200}") {
+        let _ = parse(&text);
+    }
+
+    #[test]
+    fn plausible_files_load_or_fail_with_one_line(
+        section in "(etcd|admin|\\[service\\]|\\[gateway\\]|\\[register\\]|register.check)",
+        key in "(name|listen|endpoints|prefix|ttl|addr|idle_timeout|retries|max_connections|weight|tcp|interval)",
+        value in "(\"[a-z0-9.:/ ]{0,20}\"|-?[0-9]{1,20}|\\[\\]|true|\"[0-9]{1,22}(ms|s|h)\")",
+    ) {
+        let text = format!("[{section}]\n{key} = {value}\n");
+        if let Err(e) = parse(&text) {
+            proptest::prop_assert_eq!(e.to_string().lines().count(), 1, "{}", e);
+            proptest::prop_assert!(!e.to_string().contains("$__serde"), "{}", e);
+        }
+    }
+}

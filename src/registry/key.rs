@@ -173,4 +173,17 @@ mod tests {
             .contains("end with '/'"));
         assert_eq!(&*Prefix::default(), "/services/");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_splits_or_is_ignored_without_panicking(key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let mut full = b"/services/".to_vec();
+            full.extend_from_slice(&key);
+            if let Some((service, id)) = split_key("/services/", &full) {
+                proptest::prop_assert!(!service.is_empty() && !id.is_empty() && !service.contains('/'));
+                let rebuilt = instance_key("/services/", service, id);
+                proptest::prop_assert_eq!(rebuilt.as_bytes(), &full[..]);
+            }
+        }
+    }
 }

@@ -367,4 +367,29 @@ mod tests {
             r#"{"Op":0,"Addr":"10.0.0.5:8080","Metadata":null}"#
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_without_panicking(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_value(&raw);
+        }
+
+        #[test]
+        fn json_like_values_parse_or_fail_without_panicking(
+            addr in "[a-z0-9.:\\[\\]-]{0,40}",
+            weight in "-?[0-9]{0,25}(\\.[0-9])?",
+            extra in "[,{}\"a-z0-9:\\[\\] ]{0,30}",
+        ) {
+            for text in [
+                format!(r#"{{"addr":"{addr}","weight":{weight}{extra}}}"#),
+                format!(r#"{{"Op":0,"Addr":"{addr}","Metadata":{extra}}}"#),
+                format!("{addr}{extra}"),
+            ] {
+                if let Ok(e) = parse_value(text.as_bytes()) {
+                    // Whatever parses round-trips through its own encoding.
+                    proptest::prop_assert_eq!(parse_value(e.encode().as_bytes()).map(|e| e.addr), Ok(e.addr));
+                }
+            }
+        }
+    }
 }
