@@ -9,6 +9,17 @@ use tracing_subscriber::EnvFilter;
 use cairn::cli::{self, Cli, Command};
 use cairn::{Config, Server};
 
+/// jemalloc returns freed memory to the system within about a second (a background thread
+/// purges it), so a flood of connections leaves no lasting footprint.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options: purge dirty pages after 1 s from a background thread, and return them to
+/// the system at once instead of keeping them "muzzy".
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

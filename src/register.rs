@@ -397,7 +397,7 @@ impl<K: LeaseKeys> Registrar<K> {
                     Ok(None) => return End::Broken("key watch closed".to_string()),
                     Err(e) => return End::Broken(e.to_string()),
                 },
-                _ = sleep_until_some(repair_at) => {
+                _ = crate::shutdown::until(repair_at) => {
                     repair_at = None;
                     last_repair = Some(Instant::now());
                     for i in std::mem::take(&mut dirty) {
@@ -425,13 +425,6 @@ async fn next_watch<W: KeyWatch>(
 ) -> Result<Option<Vec<KeyEvent>>, EtcdError> {
     match watch {
         Some(w) => w.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -50,3 +50,12 @@ pub(crate) async fn sleep(shutdown: &CancellationToken, delay: Duration) -> bool
         .await
         .is_some()
 }
+
+/// Sleeps until `at`, or forever when there is no `at`: a `select!` branch for an optional
+/// deadline.
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

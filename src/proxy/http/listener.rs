@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::activity::Activity;
+use super::activity::{Activity, Tracked};
 use super::body::ProxyBody;
 use super::forward::Forwarder;
 use super::headers::{request_host, ALLOWED};
@@ -25,6 +26,10 @@ use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::Active;
+
+/// How long an idle client gets to take part in closing its connection (an HTTP/2 client must
+/// answer the GOAWAY's ping) before it is dropped: a few round trips on any network.
+const IDLE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// One HTTP listener: a `[[service]]` with `protocol = "http"` or a `[[gateway]]`.
 pub(crate) struct HttpListener {
@@ -76,8 +81,7 @@ impl HttpListener {
                 let busy = busy.begin();
                 async move {
                     let resp = this.handle(req, peer).await;
-                    drop(busy);
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
                 }
             });
             let abort = abort.clone();
@@ -104,6 +108,9 @@ impl HttpListener {
                 // A graceful shutdown lets the requests in flight finish, then closes: HTTP/2
                 // clients get a GOAWAY, kept-alive HTTP/1.1 clients a close after the response.
                 let mut closing = false;
+                // An idle connection has nothing in flight: if the client does not take part in
+                // the close (an HTTP/2 client that no longer reads), it is dropped.
+                let mut give_up: Option<tokio::time::Instant> = None;
                 loop {
                     tokio::select! {
                         r = conn.as_mut() => {
@@ -120,6 +127,11 @@ impl HttpListener {
                             debug!(%peer, "client connection idle, closing");
                             conn.as_mut().graceful_shutdown();
                             closing = true;
+                            give_up = Some(tokio::time::Instant::now() + IDLE_CLOSE_WAIT);
+                        }
+                        _ = crate::shutdown::until(give_up) => {
+                            debug!(%peer, "idle client did not close, dropping its connection");
+                            break;
                         }
                         _ = abort.cancelled() => break,
                     }
