@@ -250,6 +250,45 @@ impl Cluster {
         self.members[i].kill();
     }
 
+    /// Sends `sig` (`"STOP"`, `"CONT"`) to member `i`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .expect("the member is running")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
+    /// The index of the member that leads, asked of each live member in turn.
+    pub async fn leader(&self) -> Option<usize> {
+        for m in &self.members {
+            let Ok(mut c) = Client::connect([m.endpoint()], None).await else {
+                continue;
+            };
+            let Ok(status) = c.status().await else {
+                continue;
+            };
+            let leader = status.leader();
+            for (i, other) in self.members.iter().enumerate() {
+                let Ok(mut oc) = Client::connect([other.endpoint()], None).await else {
+                    continue;
+                };
+                if let Ok(s) = oc.status().await {
+                    if s.header().map(|h| h.member_id()) == Some(leader) {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Starts member `i` again and waits until it serves writes.
     pub async fn restart(&mut self, i: usize) {
         self.members[i].kill();
