@@ -13,8 +13,14 @@ use tokio::net::TcpStream;
 use super::{eventually, patient, tail};
 
 /// The path of the `cairn` binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cairn")
+/// `CAIRN_BIN` when set (the soak run points it at a release build), else the binary cargo built
+/// for these tests.
+pub fn bin() -> String {
+    std::env::var("CAIRN_BIN").unwrap_or_else(|_| {
+        option_env!("CARGO_BIN_EXE_cairn")
+            .expect("CAIRN_BIN is set, or cargo builds the binary for tests and benches")
+            .to_string()
+    })
 }
 
 /// A running `cairn run` process with its config file.
@@ -319,7 +325,10 @@ impl Proc {
         };
         let child = command
             .args(args)
-            .env("RUST_LOG", "cairn=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "cairn=debug".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
