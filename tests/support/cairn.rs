@@ -16,11 +16,11 @@ use super::{eventually, patient, tail};
 /// `CAIRN_BIN` when set (the soak run points it at a release build), else the binary cargo built
 /// for these tests.
 pub fn bin() -> String {
-    std::env::var("CAIRN_BIN").unwrap_or_else(|_| {
-        option_env!("CARGO_BIN_EXE_cairn")
-            .expect("CAIRN_BIN is set, or cargo builds the binary for tests and benches")
-            .to_string()
-    })
+    match (std::env::var("CAIRN_BIN"), option_env!("CARGO_BIN_EXE_cairn")) {
+        (Ok(bin), _) => bin,
+        (Err(_), Some(bin)) => bin.to_string(),
+        (Err(_), None) => panic!("set CAIRN_BIN to the cairn binary to run"),
+    }
 }
 
 /// A running `cairn run` process with its config file.
