@@ -296,6 +296,7 @@ async fn start_cairn(
         },
         admin: AdminConfig {
             listen: "127.0.0.1:0".parse().expect("an address"),
+            ..AdminConfig::default()
         },
         services: vec![
             service("echo", Protocol::Tcp),

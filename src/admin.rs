@@ -30,6 +30,7 @@ pub(crate) use config::RawAdmin;
 pub(crate) use metrics::StoreCollector;
 
 use crate::accept::{accept_loop, Caps};
+use crate::discovery::Freshness;
 use crate::snapshot::Store;
 
 /// Connections the admin endpoint serves at once: room for scrapers, probes and an operator
@@ -53,6 +54,10 @@ pub(crate) struct Admin {
     pub(crate) store: Arc<Store>,
     /// Every metric, the store's included.
     pub(crate) registry: Arc<Registry>,
+    /// Whether discovery is current with etcd.
+    pub(crate) freshness: Arc<Freshness>,
+    /// Readiness turns 503 once etcd has been away this long.
+    pub(crate) max_stale: Option<Duration>,
     /// Fires when the process starts draining; readiness turns 503 from then on.
     pub(crate) draining: CancellationToken,
 }
@@ -98,18 +103,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
-            "/readyz" => {
-                if self.draining.is_cancelled() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string())
-                } else if self.store.synced() {
-                    text(StatusCode::OK, "ready\n".to_string())
-                } else {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "waiting for the first sync with etcd\n".to_string(),
-                    )
-                }
-            }
+            "/readyz" => self.readiness(),
             "/services" => {
                 let mut body = serde_json::to_vec_pretty(&self.services_json())
                     .expect("a JSON value always serializes");
@@ -123,6 +117,32 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /healthz, /readyz, /services or /metrics\n".to_string(),
+            ),
+        }
+    }
+
+    /// 503 until the first sync and while draining; 200 after, saying so when etcd has been
+    /// away (routing from the last snapshot is the point), 503 once away for `max_stale`.
+    fn readiness(&self) -> Response<Full<Bytes>> {
+        let unavailable = |body: String| text(StatusCode::SERVICE_UNAVAILABLE, body);
+        if self.draining.is_cancelled() {
+            return unavailable("draining\n".to_string());
+        }
+        if !self.store.synced() {
+            return unavailable("waiting for the first sync with etcd\n".to_string());
+        }
+        let Some(stale) = self.freshness.stale_for() else {
+            return text(StatusCode::OK, "ready\n".to_string());
+        };
+        let shown = humantime::format_duration(Duration::from_secs(stale.as_secs()));
+        match self.max_stale {
+            Some(max) if stale > max => unavailable(format!(
+                "stale {shown}: etcd unreachable for longer than max_stale ({})\n",
+                humantime::format_duration(max)
+            )),
+            _ => text(
+                StatusCode::OK,
+                format!("ready (stale {shown}: etcd unreachable)\n"),
             ),
         }
     }

@@ -140,7 +140,7 @@ impl RawConfig {
             .listen
             .as_ref()
             .map_or(0, |l| lines.of(l.span().start));
-        let admin = self.admin.validate();
+        let admin = self.admin.validate(&Key::new("admin"))?;
         listens
             .taken
             .insert(admin.listen, ("[admin]".to_string(), admin_line));

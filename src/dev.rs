@@ -85,6 +85,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
         },
         admin: AdminConfig {
             listen: free_or_ephemeral(AdminConfig::default().listen).await,
+            ..AdminConfig::default()
         },
         services: vec![ServiceConfig {
             name: "demo".parse().expect("\"demo\" is a valid service name"),

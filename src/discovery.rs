@@ -13,6 +13,7 @@
 //! paused clock against a fake.
 
 mod etcd;
+mod freshness;
 mod metrics;
 mod source;
 
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use etcd::EtcdSource;
+pub use freshness::Freshness;
 pub use metrics::DiscoveryMetrics;
 pub use source::{Event, Header, Kv, ListWatch, Listing, WatchMessage, WatchStream};
 
@@ -84,14 +86,9 @@ struct Position {
 }
 
 impl<S: Sink> Discovery<EtcdSource, S> {
-    /// A discovery task reading `prefix` from etcd through `client`, delivering to `sink`.
-    pub fn new(
-        client: etcd_client::Client,
-        prefix: &str,
-        sink: S,
-        metrics: DiscoveryMetrics,
-    ) -> Self {
-        Discovery::with_source(EtcdSource::new(client, prefix), prefix, sink, metrics)
+    /// A discovery task reading `prefix` from etcd through `etcd`, delivering to `sink`.
+    pub fn new(etcd: crate::etcd::Etcd, prefix: &str, sink: S, metrics: DiscoveryMetrics) -> Self {
+        Discovery::with_source(EtcdSource::new(etcd, prefix), prefix, sink, metrics)
     }
 }
 
@@ -149,10 +146,11 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                 self.metrics.watch_restarts.inc();
             }
 
-            match self
+            let end = self
                 .follow(stream, &mut at, &mut backoff, &mut outage, &shutdown)
-                .await
-            {
+                .await;
+            self.metrics.freshness.set_connected(false);
+            match end {
                 StreamEnd::Shutdown => return,
                 StreamEnd::Relist => {
                     at.applied = None;
@@ -187,6 +185,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
         let instances: Vec<(String, Arc<Instance>)> =
             listing.kvs.iter().filter_map(|kv| self.read(kv)).collect();
         self.metrics.lists.inc();
+        self.metrics.freshness.contact();
         info!(revision, instances = instances.len(), "registry listed");
         self.sink.apply(Update::Reset {
             revision,
@@ -226,6 +225,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                 }
                 Ok(Ok(Some(m))) => m,
             };
+            self.metrics.freshness.contact();
             let header = match &message {
                 WatchMessage::Compacted { compact_revision } => {
                     info!(
@@ -252,6 +252,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             let events = match message {
                 WatchMessage::Created(_) => {
                     debug!(start = applied + 1, "registry watch open");
+                    self.metrics.freshness.set_connected(true);
                     backoff.reset();
                     outage.recovered("watching the registry");
                     continue;

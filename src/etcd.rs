@@ -3,11 +3,19 @@
 
 mod client;
 mod config;
+mod credentials;
 mod error;
+mod members;
+mod metrics;
 mod outage;
+mod tls;
 
-pub use client::{connect, list_prefix, Listing, MAX_DECODE_BYTES};
+pub use client::{connect, list_prefix, Etcd, Listing, MAX_DECODE_BYTES};
 pub(crate) use config::RawEtcd;
 pub use config::{EndpointUrl, EtcdConfig};
-pub use error::EtcdError;
+pub use credentials::{Credentials, Secret, PASSWORD_ENV};
+pub use error::{EtcdError, Kind};
+pub use members::Members;
+pub use metrics::{EtcdMetrics, Op};
 pub(crate) use outage::Outage;
+pub use tls::{PemFile, PemKind, TlsConfig};

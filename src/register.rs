@@ -18,10 +18,11 @@
 //! use cairn::register::{Check, Probe, Registrar, Registration};
 //! use cairn::registry::{Endpoint, Format};
 //!
-//! let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+//! use cairn::etcd::{Etcd, EtcdConfig, EtcdMetrics};
+//! let etcd = Etcd::connect(&EtcdConfig::default(), EtcdMetrics::default()).await?;
 //! let orders = Registration::new("orders", "orders-1", Endpoint::new("10.0.0.5:8080".parse()?, Format::Plain))
 //!     .with_check(Check::new(Probe::Http("http://127.0.0.1:8080/health".parse()?)));
-//! let registrar = Registrar::new(client, "/services/", Duration::from_secs(10), vec![orders]).spawn();
+//! let registrar = Registrar::new(etcd, "/services/", Duration::from_secs(10), vec![orders]).spawn();
 //! // ... serve until asked to stop ...
 //! registrar.stop().await; // revokes the lease: the key is gone at once
 //! # Ok(())
@@ -55,7 +56,7 @@ pub use lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
 pub use status::Status;
 
 use crate::backoff::Backoff;
-use crate::etcd::{EtcdError, Outage};
+use crate::etcd::{EtcdError, Kind, Outage};
 use crate::registry::instance_key;
 use crate::shutdown::{cancellable, sleep};
 
@@ -153,12 +154,12 @@ impl Registrar<EtcdLeases> {
     /// A registrar for `instances` under `prefix` in etcd, with a lease of `ttl` (rounded up to
     /// whole seconds, within [`MIN_TTL`] and [`MAX_TTL`]).
     pub fn new(
-        client: etcd_client::Client,
+        etcd: crate::etcd::Etcd,
         prefix: &str,
         ttl: Duration,
         instances: Vec<Registration>,
     ) -> Self {
-        Registrar::with_keys(EtcdLeases::new(client), prefix, ttl, instances)
+        Registrar::with_keys(EtcdLeases::new(etcd), prefix, ttl, instances)
     }
 }
 
@@ -218,6 +219,15 @@ impl<K: LeaseKeys> Registrar<K> {
             let mut session = match established {
                 Ok(s) => s,
                 Err(e) => {
+                    let e = match e.kind() {
+                        Kind::PermissionDenied => e.context(format!(
+                            "the etcd user may not write under {} (it needs readwrite there)",
+                            self.prefix
+                        )),
+                        _ => e,
+                    };
+                    let refused = matches!(e.kind(), Kind::AuthFailed | Kind::PermissionDenied);
+                    status.set_refusal(refused.then(|| e.to_string()));
                     // What etcd said, once, then every 30 s while it lasts (a full etcd, a
                     // refused lease or an unreachable cluster may last for hours).
                     outage.failed("registering", &e.to_string());
@@ -234,6 +244,7 @@ impl<K: LeaseKeys> Registrar<K> {
                 }
             };
             outage.recovered("registering");
+            status.set_refusal(None);
             backoff.reset();
             match self
                 .serve(&mut session, &mut owned, &mut changes, &status, &stop)

@@ -21,6 +21,7 @@ use crate::admin::{Admin, StoreCollector, ADMIN_BACKLOG};
 use crate::config::Config;
 use crate::discovery::{Discovery, DiscoveryMetrics};
 use crate::error::Error;
+use crate::etcd::{Etcd, EtcdMetrics, Members};
 use crate::net::OwnAddrs;
 use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
@@ -140,7 +141,8 @@ impl Server {
     /// # Errors
     /// When the etcd client cannot be built from the configured endpoints.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), Error> {
-        let client = crate::etcd::connect(&self.config.etcd).await?;
+        let etcd_metrics = EtcdMetrics::default();
+        let etcd = Etcd::connect(&self.config.etcd, etcd_metrics.clone()).await?;
         // Background tasks outlive the listeners so the drain still routes with fresh snapshots.
         let background = CancellationToken::new();
         // Fires when the grace period is over and remaining connections must be cut.
@@ -149,10 +151,15 @@ impl Server {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StoreCollector(Arc::clone(&self.store))));
 
+        etcd_metrics.register(&mut registry);
+        let members = tokio::spawn(
+            Members::new(self.config.etcd.clone(), etcd_metrics).run(background.clone()),
+        );
         let discovery_metrics = DiscoveryMetrics::default();
         discovery_metrics.register(&mut registry);
+        let freshness = Arc::clone(&discovery_metrics.freshness);
         let discovery = Discovery::new(
-            client.clone(),
+            etcd.clone(),
             &self.config.etcd.prefix,
             StoreWriter::new(Arc::clone(&self.store)),
             discovery_metrics,
@@ -162,7 +169,7 @@ impl Server {
         // Registration runs beside the proxy on its own task: neither can stop the other.
         let registrar = (!self.config.registrations.is_empty()).then(|| {
             Registrar::new(
-                client.clone(),
+                etcd.clone(),
                 &self.config.etcd.prefix,
                 self.config.lease_ttl,
                 self.config.registrations.clone(),
@@ -177,6 +184,8 @@ impl Server {
         let admin = Arc::new(Admin {
             store: Arc::clone(&self.store),
             registry: Arc::new(registry),
+            freshness,
+            max_stale: self.config.admin.max_stale,
             draining: shutdown.clone(),
         });
         let admin_addr = self.admin_addr();
@@ -297,6 +306,7 @@ impl Server {
         }
         background.cancel();
         let _ = discovery.await;
+        let _ = members.await;
         let _ = admin_task.await;
         info!("cairn stopped");
         Ok(())

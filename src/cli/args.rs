@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
-use crate::etcd::{EndpointUrl, EtcdConfig};
+use crate::etcd::{Credentials, EndpointUrl, EtcdConfig, TlsConfig};
 use crate::field::{check_duration, HumanDuration};
 use crate::register::{CheckUrl, Ttl};
 use crate::registry::{Format, InstanceId, Prefix, ServiceName};
@@ -92,6 +92,36 @@ pub struct EtcdArgs {
     /// Use the [etcd] section of this config file
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Authenticate as this etcd user
+    #[arg(long, conflicts_with = "config")]
+    username: Option<String>,
+    /// The user's password, in this file (CAIRN_ETCD_PASSWORD wins over it)
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "username",
+        conflicts_with = "config"
+    )]
+    password_file: Option<PathBuf>,
+    /// Verify the members with this CA (PEM) [default: the system's roots]
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for members that require one
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key_file",
+        conflicts_with = "config"
+    )]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cert_file",
+        conflicts_with = "config"
+    )]
+    key_file: Option<PathBuf>,
 }
 
 impl EtcdArgs {
@@ -104,7 +134,26 @@ impl EtcdArgs {
             return Ok(Config::load(path)?.etcd);
         }
         let defaults = EtcdConfig::default();
-        Ok(EtcdConfig {
+        let credentials = match &self.username {
+            Some(user) => Some(
+                Credentials::load(user, self.password_file.as_deref())
+                    .map_err(|m| Error::Usage(format!("--username: {m}")))?,
+            ),
+            None => None,
+        };
+        let tls = if self.ca_file.is_some() || self.cert_file.is_some() {
+            Some(
+                TlsConfig::from_files(
+                    self.ca_file.as_deref(),
+                    self.cert_file.as_deref(),
+                    self.key_file.as_deref(),
+                )
+                .map_err(Error::Usage)?,
+            )
+        } else {
+            None
+        };
+        let config = EtcdConfig {
             endpoints: if self.endpoints.is_empty() {
                 defaults.endpoints
             } else {
@@ -112,7 +161,13 @@ impl EtcdArgs {
             },
             prefix: self.prefix.clone().unwrap_or(defaults.prefix),
             dial_timeout: defaults.dial_timeout,
-        })
+            tls,
+            credentials,
+        };
+        config
+            .check_schemes()
+            .map_err(|m| Error::Usage(format!("--endpoints: {m}")))?;
+        Ok(config)
     }
 }
 

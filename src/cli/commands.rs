@@ -1,6 +1,7 @@
 //! What the registry tools do: `register`, `deregister`, `list` and `watch`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use etcd_client::DeleteOptions;
 use tokio_util::sync::CancellationToken;
@@ -9,19 +10,38 @@ use tracing::info;
 use super::args::{EtcdArgs, RegisterArgs};
 use crate::discovery::{Discovery, DiscoveryMetrics};
 use crate::error::Error;
-use crate::etcd::{list_prefix, EtcdError};
+use crate::etcd::{list_prefix, Etcd, EtcdConfig, EtcdError, EtcdMetrics, Kind};
 use crate::register::{default_id, Check, Probe, Registrar, Registration};
 use crate::registry::{instance_key, parse_value, service_prefix, split_key, Endpoint};
 use crate::text::printable;
 use crate::update::{Change, Sink, Update};
 
+/// Connects and authenticates. An etcd that refuses the user is an error at once; an etcd that
+/// does not answer is one only when `patient` is false (the foreground commands that wait for
+/// etcd retry it).
+async fn connect(config: &EtcdConfig, patient: bool) -> Result<Etcd, Error> {
+    let mut etcd = Etcd::connect(config, EtcdMetrics::default()).await?;
+    match etcd.authenticate().await {
+        Ok(()) => Ok(etcd),
+        Err(e) if patient && !matches!(e.kind(), Kind::AuthFailed | Kind::PermissionDenied) => {
+            Ok(etcd)
+        }
+        Err(e) => Err(Error::Etcd(e)),
+    }
+}
+
+/// How often a foreground registration checks whether etcd refuses its user.
+const REFUSAL_CHECK: Duration = Duration::from_millis(100);
+
 /// `cairn register`: registers one instance until `shutdown`, then revokes its lease.
 ///
 /// # Errors
-/// When the config file given with `-c` is invalid. An unreachable etcd is retried, not an error.
+/// When the config file given with `-c` is invalid, or etcd refuses the user (bad credentials,
+/// no write permission on the prefix). An unreachable etcd is retried, not an error.
 pub async fn register(args: RegisterArgs, shutdown: CancellationToken) -> Result<(), Error> {
-    let etcd = args.etcd.resolve()?;
-    let client = crate::etcd::connect(&etcd).await?;
+    let etcd_config = args.etcd.resolve()?;
+    let client = connect(&etcd_config, true).await?;
+    let etcd = &etcd_config;
     let id = args
         .id
         .map_or_else(|| default_id(&args.addr), |id| id.to_string());
@@ -42,7 +62,18 @@ pub async fn register(args: RegisterArgs, shutdown: CancellationToken) -> Result
         "registering until SIGINT or SIGTERM"
     );
     let handle = Registrar::new(client, &etcd.prefix, args.ttl.0, vec![registration]).spawn();
-    shutdown.cancelled().await;
+    let status = handle.status();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(REFUSAL_CHECK) => {
+                if let Some(why) = status.refusal() {
+                    handle.stop().await;
+                    return Err(Error::Usage(why));
+                }
+            }
+        }
+    }
     handle.stop().await;
     Ok(())
 }
@@ -53,7 +84,7 @@ pub async fn register(args: RegisterArgs, shutdown: CancellationToken) -> Result
 /// When etcd cannot be reached or has no such key.
 pub async fn deregister(etcd: &EtcdArgs, service: &str, id: &str) -> Result<(), Error> {
     let etcd = etcd.resolve()?;
-    let mut client = crate::etcd::connect(&etcd).await?;
+    let mut client = connect(&etcd, false).await?.client().clone();
     let key = instance_key(&etcd.prefix, service, id);
     let resp = client
         .delete(key.as_str(), Some(DeleteOptions::new().with_prev_key()))
@@ -82,12 +113,13 @@ pub async fn deregister(etcd: &EtcdArgs, service: &str, id: &str) -> Result<(), 
 /// When etcd cannot be reached.
 pub async fn list(etcd: &EtcdArgs, service: Option<&str>) -> Result<(), Error> {
     let etcd = etcd.resolve()?;
-    let client = crate::etcd::connect(&etcd).await?;
+    let conn = connect(&etcd, false).await?;
+    let client = conn.client().clone();
     let scope = match service {
         Some(s) => service_prefix(&etcd.prefix, s),
         None => etcd.prefix.to_string(),
     };
-    let kvs = list_prefix(&client, &scope)
+    let kvs = list_prefix(&conn, &scope)
         .await
         .map_err(|source| Error::EtcdCall {
             what: format!("listing {scope}"),
@@ -156,7 +188,7 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let etcd = etcd.resolve()?;
-    let client = crate::etcd::connect(&etcd).await?;
+    let client = connect(&etcd, true).await?;
     let printer = Printer { service };
     Discovery::new(client, &etcd.prefix, printer, DiscoveryMetrics::default())
         .run(shutdown)

@@ -1,14 +1,14 @@
 //! The real [`ListWatch`]: etcd-client with paged lists, prev-kv and progress notifications.
 
-use etcd_client::{Client, EventType, KeyValue, ResponseHeader, WatchOptions};
+use etcd_client::{EventType, KeyValue, ResponseHeader, WatchOptions};
 
 use super::source::{Event, Header, Kv, ListWatch, Listing, WatchMessage, WatchStream};
-use crate::etcd::{list_prefix, EtcdError, MAX_DECODE_BYTES};
+use crate::etcd::{list_prefix, Etcd, EtcdError, Op, MAX_DECODE_BYTES};
 
 /// Lists and watches a prefix of a real etcd.
 pub struct EtcdSource {
-    /// The client; its channel reconnects by itself.
-    client: Client,
+    /// The connection; its channel reconnects by itself.
+    etcd: Etcd,
     /// The registry prefix.
     prefix: String,
 }
@@ -22,10 +22,10 @@ impl std::fmt::Debug for EtcdSource {
 }
 
 impl EtcdSource {
-    /// A source for `prefix` through `client`.
-    pub fn new(client: Client, prefix: &str) -> EtcdSource {
+    /// A source for `prefix` through `etcd`.
+    pub fn new(etcd: Etcd, prefix: &str) -> EtcdSource {
         EtcdSource {
-            client,
+            etcd,
             prefix: prefix.to_string(),
         }
     }
@@ -50,7 +50,8 @@ impl ListWatch for EtcdSource {
     type Watch = etcd_client::WatchStream;
 
     async fn list(&mut self) -> Result<Listing, EtcdError> {
-        let listed = list_prefix(&self.client, &self.prefix).await?;
+        self.etcd.authenticate().await?;
+        let listed = list_prefix(&self.etcd, &self.prefix).await?;
         Ok(Listing {
             header: Header {
                 cluster_id: listed.cluster_id,
@@ -73,17 +74,23 @@ impl ListWatch for EtcdSource {
     }
 
     async fn watch(&mut self, start: i64) -> Result<Self::Watch, EtcdError> {
+        // A watch stream carries the token it was opened with, and etcd refuses to create a
+        // watch with an expired one: every (re)open gets a fresh token.
+        self.etcd.authenticate().await?;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start)
             .with_prev_key()
             .with_progress_notify();
-        Ok(self
-            .client
+        let opened = self
+            .etcd
+            .client()
             .watch_client()
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .watch(self.prefix.clone(), Some(options))
-            .await?)
+            .await;
+        self.etcd.metrics().count(Op::Watch, opened.is_ok());
+        Ok(opened?)
     }
 }
 

@@ -1,12 +1,16 @@
-//! Connecting to etcd with the options every cairn task relies on, and reading a prefix page by
-//! page at one revision.
+//! Connecting to etcd with the options every cairn task relies on (TLS, the user to
+//! authenticate as), and reading a prefix page by page at one revision.
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions,
+};
 
 use super::config::EtcdConfig;
+use super::credentials::Credentials;
 use super::error::EtcdError;
+use super::metrics::{EtcdMetrics, Op};
 use crate::registry::prefix_end;
 
 /// Watch and list responses may carry a large catch-up batch; the client's 4 MiB default would
@@ -25,6 +29,35 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// limit even with large values, and 1 000 keys per round trip keeps big registries fast.
 const PAGE_SIZE: i64 = 1000;
 
+/// The client options for `config`: timeouts, pings, require-leader and TLS. No user: cairn
+/// authenticates itself (see [`Etcd::authenticate`]) so that building a client never waits for
+/// etcd.
+fn options(config: &EtcdConfig) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.dial_timeout)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_require_leader(true)
+        // Unary calls whose token expired authenticate again and are retried once.
+        .with_auto_token_refresh(true);
+    if config.secure() {
+        let tls = config.tls.clone().unwrap_or_default();
+        let mut t = TlsOptions::new();
+        t = match &tls.ca {
+            Some(ca) => t.ca_certificate(Certificate::from_pem(&ca.pem)),
+            None => t.with_native_roots(),
+        };
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(&cert.pem, &key.pem));
+        }
+        if let Some(name) = &tls.server_name {
+            t = t.domain_name(name.clone());
+        }
+        options = options.with_tls(t);
+    }
+    options
+}
+
 /// Builds a client for `config`'s endpoints.
 ///
 /// The channel connects lazily, so this succeeds while etcd is down; calls fail until a member
@@ -33,14 +66,94 @@ const PAGE_SIZE: i64 = 1000;
 ///
 /// # Errors
 /// When an endpoint URL cannot be used at all.
-pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(config.dial_timeout)
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-        .with_require_leader(true);
+pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
     let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.as_str()).collect();
-    Client::connect(endpoints, Some(options)).await
+    Ok(Client::connect(endpoints, Some(options(config))).await?)
+}
+
+/// A client for one member alone, for its status.
+pub(crate) async fn connect_member(
+    config: &EtcdConfig,
+    endpoint: &str,
+) -> Result<Client, EtcdError> {
+    Ok(Client::connect([endpoint], Some(options(config))).await?)
+}
+
+/// A connection to etcd with the user it authenticates as and the metrics of its calls.
+/// Clones share the connection, the token and the metrics.
+#[derive(Clone)]
+pub struct Etcd {
+    /// The client; its channel reconnects by itself.
+    client: Client,
+    /// Who to authenticate as, when etcd has auth enabled.
+    credentials: Option<Credentials>,
+    /// The endpoints, for error messages.
+    endpoints: String,
+    /// Counters of every call.
+    metrics: EtcdMetrics,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Etcd {
+    /// A connection for `config`, counting its calls on `metrics`. It never waits for etcd.
+    ///
+    /// # Errors
+    /// When an endpoint URL cannot be used at all.
+    pub async fn connect(config: &EtcdConfig, metrics: EtcdMetrics) -> Result<Etcd, EtcdError> {
+        Ok(Etcd {
+            client: connect(config).await?,
+            credentials: config.credentials.clone(),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            metrics,
+        })
+    }
+
+    /// The client, for calls the caller counts itself.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The metrics calls are counted on.
+    pub fn metrics(&self) -> &EtcdMetrics {
+        &self.metrics
+    }
+
+    /// Authenticates again, for a fresh token: streams carry the token they were opened with,
+    /// and etcd refuses a watch created on a stream whose token expired. Nothing to do without
+    /// credentials.
+    ///
+    /// # Errors
+    /// A message naming the user and the endpoints (never the password).
+    pub async fn authenticate(&mut self) -> Result<(), EtcdError> {
+        let Some(c) = &self.credentials else {
+            return Ok(());
+        };
+        let creds = Some((c.username.clone(), c.password.expose().to_string()));
+        let user = c.username.clone();
+        let endpoints = self.endpoints.clone();
+        let metrics = self.metrics.clone();
+        let client = &mut self.client;
+        metrics
+            .observe(Op::Authenticate, async move {
+                client.update_user(creds).await.map_err(|e| {
+                    EtcdError::from(e).context(format!("authenticating as {user:?} at {endpoints}"))
+                })
+            })
+            .await
+    }
 }
 
 /// One consistent read of a prefix.
@@ -59,8 +172,9 @@ pub struct Listing {
 ///
 /// # Errors
 /// Any failed call, including a compaction of the pinned revision while paging (list again).
-pub async fn list_prefix(client: &Client, prefix: &str) -> Result<Listing, EtcdError> {
-    let mut kv = client
+pub async fn list_prefix(etcd: &Etcd, prefix: &str) -> Result<Listing, EtcdError> {
+    let mut kv = etcd
+        .client
         .kv_client()
         .max_decoding_message_size(MAX_DECODE_BYTES);
     let end = prefix_end(prefix.as_bytes());
@@ -77,7 +191,12 @@ pub async fn list_prefix(client: &Client, prefix: &str) -> Result<Listing, EtcdE
         if listing.revision > 0 {
             options = options.with_revision(listing.revision);
         }
-        let mut page = kv.get(from.clone(), Some(options)).await?;
+        let mut page = etcd
+            .metrics
+            .observe(Op::Range, async {
+                Ok(kv.get(from.clone(), Some(options)).await?)
+            })
+            .await?;
         if listing.revision == 0 {
             if let Some(h) = page.header() {
                 listing.revision = h.revision();

@@ -1,12 +1,15 @@
 //! The `[etcd]` section: where the members are and where the registry lives in them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::credentials::Credentials;
+use super::tls::{RawTls, TlsConfig};
 use crate::field::{deserialize_from_str, duration, FieldResult, HumanDuration, Key};
 use crate::registry::Prefix;
 
@@ -19,6 +22,11 @@ pub struct EtcdConfig {
     pub prefix: Prefix,
     /// How long one connection attempt to a member may take.
     pub dial_timeout: Duration,
+    /// TLS settings for `https://` endpoints; none means the system's roots, no client
+    /// certificate.
+    pub tls: Option<TlsConfig>,
+    /// The user to authenticate as, when etcd has auth enabled.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for EtcdConfig {
@@ -27,7 +35,37 @@ impl Default for EtcdConfig {
             endpoints: vec![EndpointUrl::local()],
             prefix: Prefix::default(),
             dial_timeout: Duration::from_secs(5),
+            tls: None,
+            credentials: None,
         }
+    }
+}
+
+impl EtcdConfig {
+    /// Whether the endpoints speak TLS (`https://`); all of them do or none does.
+    pub fn secure(&self) -> bool {
+        self.endpoints.iter().any(EndpointUrl::is_https)
+    }
+
+    /// Checks what spans fields: one scheme for every endpoint, and TLS settings only for
+    /// `https://` endpoints.
+    ///
+    /// # Errors
+    /// A message naming the mismatch.
+    pub fn check_schemes(&self) -> Result<(), String> {
+        let https = self.endpoints.iter().filter(|e| e.is_https()).count();
+        if https != 0 && https != self.endpoints.len() {
+            return Err(
+                "endpoints mix http:// and https://: a cluster is reached one way".to_string(),
+            );
+        }
+        if https == 0 && self.tls.is_some() {
+            return Err(
+                "TLS settings are given but the endpoints are http://; use https:// URLs"
+                    .to_string(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -48,6 +86,11 @@ impl EndpointUrl {
     /// The URL as written.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the member speaks TLS.
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
     }
 }
 
@@ -86,12 +129,18 @@ pub(crate) struct RawEtcd {
     endpoints: Option<Spanned<Vec<EndpointUrl>>>,
     prefix: Option<Prefix>,
     dial_timeout: Option<Spanned<HumanDuration>>,
+    tls: Option<RawTls>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    /// Refused with a message saying where a password goes instead.
+    password: Option<Spanned<toml::Value>>,
 }
 
 impl RawEtcd {
     /// The settings, with defaults for what is absent.
     pub(crate) fn validate(self, key: &Key) -> FieldResult<EtcdConfig> {
         let defaults = EtcdConfig::default();
+        let endpoints_span = self.endpoints.as_ref().map(Spanned::span);
         let endpoints = match self.endpoints {
             None => defaults.endpoints,
             Some(eps) if eps.get_ref().is_empty() => {
@@ -99,7 +148,27 @@ impl RawEtcd {
             }
             Some(eps) => eps.into_inner(),
         };
-        Ok(EtcdConfig {
+        if let Some(p) = &self.password {
+            return Err(key.at(
+                "password",
+                p,
+                "a password is never written in the config: use password_file, or set CAIRN_ETCD_PASSWORD",
+            ));
+        }
+        let credentials = match (&self.username, &self.password_file) {
+            (Some(user), file) => Some(
+                Credentials::load(user.get_ref(), file.as_ref().map(|f| f.get_ref().as_path()))
+                    .map_err(|m| match file {
+                        Some(f) => key.at("password_file", f, m),
+                        None => key.at("username", user, m),
+                    })?,
+            ),
+            (None, Some(file)) => {
+                return Err(key.at("password_file", file, "password_file needs a username"))
+            }
+            (None, None) => None,
+        };
+        let config = EtcdConfig {
             endpoints,
             prefix: self.prefix.unwrap_or(defaults.prefix),
             dial_timeout: duration(
@@ -108,7 +177,16 @@ impl RawEtcd {
                 DIAL_TIMEOUT,
                 defaults.dial_timeout,
             )?,
-        })
+            tls: match self.tls {
+                Some(tls) => Some(tls.validate(&key.field("tls"))?),
+                None => None,
+            },
+            credentials,
+        };
+        config
+            .check_schemes()
+            .map_err(|m| key.field("endpoints").error(endpoints_span, m))?;
+        Ok(config)
     }
 }
 

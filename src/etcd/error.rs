@@ -4,49 +4,86 @@ use etcd_client::Error as ClientError;
 
 use crate::text::printable;
 
+/// What kind of failure an etcd call met, where cairn reacts differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Anything else: retry.
+    Other,
+    /// The call named a lease etcd no longer has: grant a new one.
+    LeaseGone,
+    /// etcd refused the user or password: retrying with them will not help.
+    AuthFailed,
+    /// The user may not do this: retrying will not help until its roles change.
+    PermissionDenied,
+}
+
+impl Kind {
+    /// The kind an etcd message tells.
+    fn of(message: &str) -> Kind {
+        if message.contains("lease not found") {
+            // etcd says "requested lease not found"; etcd-client's keepalive open says "lease
+            // not found" when the first answer has no TTL left.
+            Kind::LeaseGone
+        } else if message.contains("authentication failed") {
+            Kind::AuthFailed
+        } else if message.contains("permission denied") {
+            Kind::PermissionDenied
+        } else {
+            Kind::Other
+        }
+    }
+}
+
 /// A failed etcd call, described in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct EtcdError {
-    /// The call named a lease etcd no longer has.
-    lease_gone: bool,
+    /// What kind of failure.
+    kind: Kind,
     /// The gRPC message and its innermost cause.
     message: String,
 }
 
 impl EtcdError {
-    /// An error with `message`, for sources that are not etcd-client (tests, fakes).
+    /// An error with `message`, its kind read from it.
     pub fn new(message: impl Into<String>) -> EtcdError {
+        let message = printable(&message.into()).into_owned();
         EtcdError {
-            lease_gone: false,
-            message: printable(&message.into()).into_owned(),
+            kind: Kind::of(&message),
+            message,
         }
     }
 
     /// An error saying that etcd no longer has the lease the call named.
     pub fn lease_gone(message: impl Into<String>) -> EtcdError {
         EtcdError {
-            lease_gone: true,
+            kind: Kind::LeaseGone,
             message: message.into(),
         }
     }
 
+    /// What kind of failure it is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// Whether the call failed because etcd no longer has its lease (expired or revoked).
     pub fn is_lease_gone(&self) -> bool {
-        self.lease_gone
+        self.kind == Kind::LeaseGone
+    }
+
+    /// The same error, with `context` before its message.
+    pub fn context(self, context: impl std::fmt::Display) -> EtcdError {
+        EtcdError {
+            kind: self.kind,
+            message: format!("{context}: {}", self.message),
+        }
     }
 }
 
 impl From<ClientError> for EtcdError {
     fn from(e: ClientError) -> EtcdError {
-        let message = printable(&describe(&e)).into_owned();
-        // etcd says "requested lease not found"; etcd-client's keepalive open says "lease not
-        // found" when the first answer has no TTL left.
-        let lease_gone = message.contains("lease not found");
-        EtcdError {
-            lease_gone,
-            message,
-        }
+        EtcdError::new(describe(&e))
     }
 }
 

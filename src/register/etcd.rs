@@ -1,33 +1,32 @@
 //! The real [`LeaseKeys`]: etcd leases, conditional transactions and a watch on the owned keys.
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchStream,
+    Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 
 use super::lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
-use crate::etcd::EtcdError;
+use crate::etcd::{Etcd, EtcdError, EtcdMetrics, Op};
 
 /// Keys written per transaction. Each key costs two comparisons (value and lease), and etcd
 /// refuses more than 128 operations per list by default, so 64 keys stay within every list.
 const KEYS_PER_TXN: usize = 64;
 
 /// Leases and keys in a real etcd.
+#[derive(Debug)]
 pub struct EtcdLeases {
-    /// The client; its channel reconnects by itself.
-    client: Client,
-}
-
-impl std::fmt::Debug for EtcdLeases {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdLeases").finish_non_exhaustive()
-    }
+    /// The connection; its channel reconnects by itself.
+    etcd: Etcd,
 }
 
 impl EtcdLeases {
-    /// Leases and keys through `client`.
-    pub fn new(client: Client) -> EtcdLeases {
-        EtcdLeases { client }
+    /// Leases and keys through `etcd`.
+    pub fn new(etcd: Etcd) -> EtcdLeases {
+        EtcdLeases { etcd }
+    }
+
+    fn metrics(&self) -> EtcdMetrics {
+        self.etcd.metrics().clone()
     }
 }
 
@@ -37,20 +36,45 @@ fn unless_owned(key: &str, lease: i64) -> Txn {
         .and_then([TxnOp::delete(key, None)])
 }
 
+/// An open keep-alive stream, counting what it sends.
+#[derive(Debug)]
+pub struct KeepAliveStream {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    metrics: EtcdMetrics,
+}
+
 impl LeaseKeys for EtcdLeases {
-    type KeepAlive = (LeaseKeeper, LeaseKeepAliveStream);
+    type KeepAlive = KeepAliveStream;
     type Watch = WatchStream;
 
     async fn grant(&mut self, ttl: i64) -> Result<i64, EtcdError> {
-        Ok(self.client.lease_client().grant(ttl, None).await?.id())
+        // A session starts here or with a keep-alive: either way with a fresh token, since any
+        // change to etcd's users and roles makes every older token stale.
+        self.etcd.authenticate().await?;
+        let mut leases = self.etcd.client().lease_client();
+        self.metrics()
+            .observe(Op::LeaseGrant, async {
+                Ok(leases.grant(ttl, None).await?.id())
+            })
+            .await
     }
 
     async fn keep_alive(&mut self, lease: i64) -> Result<Self::KeepAlive, EtcdError> {
-        Ok(self.client.lease_client().keep_alive(lease).await?)
+        self.etcd.authenticate().await?;
+        let opened = self.etcd.client().lease_client().keep_alive(lease).await;
+        self.etcd.metrics().count(Op::KeepAlive, opened.is_ok());
+        let (keeper, stream) = opened?;
+        Ok(KeepAliveStream {
+            keeper,
+            stream,
+            metrics: self.metrics(),
+        })
     }
 
     async fn write(&mut self, lease: i64, keys: &[(&str, &str)]) -> Result<i64, EtcdError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.etcd.client().kv_client();
+        let metrics = self.metrics();
         let mut revision = 0;
         for chunk in keys.chunks(KEYS_PER_TXN) {
             // Written only if anything differs, so a reconnect that finds everything in place
@@ -70,26 +94,34 @@ impl LeaseKeys for EtcdLeases {
                     TxnOp::put(*key, *value, Some(PutOptions::new().with_lease(lease)))
                 })
                 .collect();
-            let resp = kv.txn(Txn::new().when(same).or_else(puts)).await?;
+            let txn = Txn::new().when(same).or_else(puts);
+            let resp = metrics
+                .observe(Op::Txn, async { Ok(kv.txn(txn).await?) })
+                .await?;
             revision = revision.max(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
         Ok(revision)
     }
 
     async fn put(&mut self, lease: i64, key: &str, value: &str) -> Result<(), EtcdError> {
-        self.client
-            .kv_client()
-            .put(key, value, Some(PutOptions::new().with_lease(lease)))
-            .await?;
-        Ok(())
+        let mut kv = self.etcd.client().kv_client();
+        self.metrics()
+            .observe(Op::Put, async {
+                kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn remove(&mut self, lease: i64, key: &str) -> Result<(), EtcdError> {
-        self.client
-            .kv_client()
-            .txn(unless_owned(key, lease))
-            .await?;
-        Ok(())
+        let mut kv = self.etcd.client().kv_client();
+        self.metrics()
+            .observe(Op::Txn, async {
+                kv.txn(unless_owned(key, lease)).await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn watch(&mut self, keys: &[&str], start: i64) -> Result<WatchStream, EtcdError> {
@@ -102,26 +134,36 @@ impl LeaseKeys for EtcdLeases {
         if start > 0 {
             options = options.with_start_revision(start);
         }
-        Ok(self
-            .client
+        let opened = self
+            .etcd
+            .client()
             .watch_client()
             .watch(*first, Some(options))
-            .await?)
+            .await;
+        self.etcd.metrics().count(Op::Watch, opened.is_ok());
+        Ok(opened?)
     }
 
     async fn revoke(&mut self, lease: i64) -> Result<(), EtcdError> {
-        self.client.lease_client().revoke(lease).await?;
-        Ok(())
+        let mut leases = self.etcd.client().lease_client();
+        self.metrics()
+            .observe(Op::LeaseRevoke, async {
+                leases.revoke(lease).await?;
+                Ok(())
+            })
+            .await
     }
 }
 
-impl KeepAlive for (LeaseKeeper, LeaseKeepAliveStream) {
+impl KeepAlive for KeepAliveStream {
     async fn ping(&mut self) -> Result<(), EtcdError> {
-        Ok(self.0.keep_alive().await?)
+        let sent = self.keeper.keep_alive().await;
+        self.metrics.count(Op::KeepAlive, sent.is_ok());
+        Ok(sent?)
     }
 
     async fn answer(&mut self) -> Result<Option<i64>, EtcdError> {
-        Ok(self.1.message().await?.map(|r| r.ttl()))
+        Ok(self.stream.message().await?.map(|r| r.ttl()))
     }
 }
 

@@ -1,5 +1,7 @@
 //! The live state of a registrar, read by `/metrics`, tests and library users.
 
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +30,9 @@ pub struct Status {
     pub lease_grants: Counter,
     /// Keys put back after someone else deleted or overwrote them.
     pub repairs: Counter,
+    /// Why etcd refuses to register anything (bad credentials, no write permission), while it
+    /// does: retries go on, but a foreground command can give up on it.
+    refusal: Mutex<Option<String>>,
 }
 
 impl Status {
@@ -48,7 +53,24 @@ impl Status {
             family,
             lease_grants: Counter::default(),
             repairs: Counter::default(),
+            refusal: Mutex::new(None),
         }
+    }
+
+    /// Why etcd refuses this registrar's user, if it does.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .expect("the refusal lock is never held across a panic")
+            .clone()
+    }
+
+    /// Records why etcd refuses the registrar's user, or that it no longer does.
+    pub(super) fn set_refusal(&self, why: Option<String>) {
+        *self
+            .refusal
+            .lock()
+            .expect("the refusal lock is never held across a panic") = why;
     }
 
     /// Whether registration `index` is written under the live lease.

@@ -565,13 +565,14 @@ async fn a_batch_registration_is_written_in_chunked_transactions_under_one_lease
             )
         })
         .collect();
-    let registrar = Registrar::new(
-        etcd.client().await,
-        "/services/",
-        Duration::from_secs(10),
-        instances,
-    )
-    .spawn();
+    let config = cairn::etcd::EtcdConfig {
+        endpoints: vec![etcd.endpoint().parse().unwrap()],
+        ..Default::default()
+    };
+    let conn = cairn::etcd::Etcd::connect(&config, cairn::etcd::EtcdMetrics::default())
+        .await
+        .unwrap();
+    let registrar = Registrar::new(conn, "/services/", Duration::from_secs(10), instances).spawn();
     let status = registrar.status();
     eventually(SOON, "all 300 instances are registered", || async {
         (0..300).all(|i| status.is_registered(i)).then_some(())

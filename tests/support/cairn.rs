@@ -16,7 +16,10 @@ use super::{eventually, patient, tail};
 /// `CAIRN_BIN` when set (the soak run points it at a release build), else the binary cargo built
 /// for these tests.
 pub fn bin() -> String {
-    match (std::env::var("CAIRN_BIN"), option_env!("CARGO_BIN_EXE_cairn")) {
+    match (
+        std::env::var("CAIRN_BIN"),
+        option_env!("CARGO_BIN_EXE_cairn"),
+    ) {
         (Ok(bin), _) => bin,
         (Err(_), Some(bin)) => bin.to_string(),
         (Err(_), None) => panic!("set CAIRN_BIN to the cairn binary to run"),
