@@ -13,4 +13,5 @@ mod hostile;
 mod http;
 mod layers;
 mod register;
+mod secure;
 mod tcp;

@@ -2,12 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
+use etcd_client::{Client, ConnectOptions};
 use tempfile::TempDir;
 
+use super::pki::Pki;
 use super::{free_port, tail};
+
+/// The root user the tests enable auth with.
+pub const ROOT: (&str, &str) = ("root", "root-password");
 
 /// One etcd member process with its data directory under a shared temp dir.
 struct Member {
@@ -16,6 +21,10 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// Certificates, when clients must speak TLS and present a client certificate.
+    tls: Option<Arc<Pki>>,
+    /// Whether auth is enabled: the tests' clients authenticate as [`ROOT`].
+    auth: bool,
 }
 
 impl Member {
@@ -26,11 +35,28 @@ impl Member {
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            tls: None,
+            auth: false,
         }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Options for a test client: the certificates and the root user, as needed.
+    fn options(&self) -> Option<ConnectOptions> {
+        let mut options = match &self.tls {
+            Some(pki) => pki.client_options(),
+            None => ConnectOptions::new(),
+        };
+        if self.auth {
+            options = options
+                .with_user(ROOT.0, ROOT.1)
+                .with_auto_token_refresh(true);
+        }
+        Some(options)
     }
 
     fn peer(&self) -> String {
@@ -61,6 +87,14 @@ impl Member {
             // Elect in a fraction of a second instead of about one.
             .arg("--heartbeat-interval=20")
             .arg("--election-timeout=200")
+            .args(self.tls.iter().flat_map(|pki| {
+                [
+                    format!("--cert-file={}", pki.server_cert.display()),
+                    format!("--key-file={}", pki.server_key.display()),
+                    format!("--trusted-ca-file={}", pki.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(
@@ -85,7 +119,7 @@ impl Member {
 
     /// Whether a write through this member succeeds.
     async fn serves(&self) -> bool {
-        match Client::connect([self.endpoint()], None).await {
+        match Client::connect([self.endpoint()], self.options()).await {
             Ok(mut c) => c
                 .put("/cairn-test/ready", self.name.as_str(), None)
                 .await
@@ -130,11 +164,21 @@ impl Etcd {
 
     /// Starts etcd with extra command-line flags.
     pub async fn start_with(extra: &[&str]) -> Etcd {
+        Etcd::launch(extra, None).await
+    }
+
+    /// Starts etcd speaking only TLS to clients, which must present a certificate of `pki`.
+    pub async fn start_secure(pki: Arc<Pki>, extra: &[&str]) -> Etcd {
+        Etcd::launch(extra, Some(pki)).await
+    }
+
+    async fn launch(extra: &[&str], tls: Option<Arc<Pki>>) -> Etcd {
         let root = temp_root();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A free port can be taken by another test between picking and binding: retry.
         for attempt in 0..5 {
             let mut member = Member::new(root.path(), &format!("solo{attempt}"));
+            member.tls = tls.clone();
             member.spawn(&format!("{}={}", member.name, member.peer()), &extra);
             if wait_serving(std::slice::from_mut(&mut member)).await {
                 return Etcd {
@@ -157,11 +201,40 @@ impl Etcd {
         self.member.endpoint()
     }
 
-    /// A fresh client.
+    /// A fresh client (with the certificates, as root when auth is enabled).
     pub async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], None)
+        Client::connect([self.endpoint()], self.member.options())
             .await
             .expect("connecting to the test etcd")
+    }
+
+    /// Creates the root user and enables auth; test clients authenticate as [`ROOT`] from then.
+    pub async fn enable_auth(&mut self) {
+        let c = self.client().await;
+        let mut auth = c.auth_client();
+        auth.user_add(ROOT.0, ROOT.1, None)
+            .await
+            .expect("adding root");
+        auth.user_grant_role(ROOT.0, "root")
+            .await
+            .expect("granting root");
+        auth.auth_enable().await.expect("enabling auth");
+        self.member.auth = true;
+    }
+
+    /// Kills etcd and starts it again on the same ports with an empty data directory: a new
+    /// cluster, as after a wipe or a restore from an old snapshot.
+    pub async fn restart_empty(&mut self) {
+        self.member.kill();
+        let _ = std::fs::remove_dir_all(&self.member.dir);
+        self.member.auth = false;
+        let initial = format!("{}={}", self.member.name, self.member.peer());
+        self.member.spawn(&initial, &self.extra);
+        assert!(
+            wait_serving(std::slice::from_mut(&mut self.member)).await,
+            "etcd did not start empty; its log:\n{}",
+            tail(&self.member.log_path(), 30)
+        );
     }
 
     /// Kills etcd (SIGKILL) and waits for it to exit; the data directory stays.

@@ -11,6 +11,7 @@
 pub mod cairn;
 pub mod etcd;
 pub mod http;
+pub mod pki;
 pub mod raw;
 pub mod upstream;
 

@@ -1,0 +1,333 @@
+//! A production etcd: TLS with client certificates, users whose tokens expire every two seconds,
+//! and an etcd wiped under a running cairn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, Permission};
+
+use crate::support::cairn::{run, Cairn, ADMIN};
+use crate::support::etcd::Etcd;
+use crate::support::eventually;
+use crate::support::pki::Pki;
+use crate::support::upstream::{greeting, Tagged};
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn tls_section(pki: &Pki) -> String {
+    format!(
+        "[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    )
+}
+
+#[tokio::test]
+async fn discovery_registration_and_the_tools_work_over_mtls() {
+    let pki = Arc::new(Pki::generate());
+    let etcd = Etcd::start_secure(Arc::clone(&pki), &[]).await;
+    let up = Tagged::start("secure").await;
+    let mut kv = etcd.client().await;
+    kv.put("/services/s/a", up.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{}\n{ADMIN}\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[register]]\nservice = \"r\"\nid = \"me\"\naddr = \"10.0.0.1:80\"\n",
+        etcd.endpoint(),
+        tls_section(&pki)
+    ))
+    .await;
+    cairn.wait_instances("s", &["a"], SOON).await;
+    assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("secure"));
+    eventually(SOON, "the registration is written", || {
+        let mut kv = kv.clone();
+        async move {
+            let r = kv.get("/services/r/me", None).await.ok()?;
+            (!r.kvs().is_empty()).then_some(())
+        }
+    })
+    .await;
+    let (status, out, err) = run(&[
+        "list",
+        "--endpoints",
+        &etcd.endpoint(),
+        "--ca-file",
+        pki.ca.to_str().unwrap(),
+        "--cert-file",
+        pki.client_cert.to_str().unwrap(),
+        "--key-file",
+        pki.client_key.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("s        a") || out.contains(" a "), "{out}");
+}
+
+#[tokio::test]
+async fn a_certificate_that_fails_verification_is_one_clear_line() {
+    let pki = Arc::new(Pki::generate());
+    let etcd = Etcd::start_secure(Arc::clone(&pki), &[]).await;
+    let (status, _, err) = run(&[
+        "list",
+        "--endpoints",
+        &etcd.endpoint(),
+        "--ca-file",
+        pki.other_ca.to_str().unwrap(),
+        "--cert-file",
+        pki.client_cert.to_str().unwrap(),
+        "--key-file",
+        pki.client_key.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // cairn run keeps trying, and names the member that fails verification.
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}",
+        etcd.endpoint(),
+        pki.other_ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    ))
+    .await;
+    let member = etcd.endpoint();
+    eventually(SOON, "the member is named with the reason", || async {
+        cairn
+            .log()
+            .lines()
+            .any(|l| {
+                l.contains("does not answer")
+                    && l.contains(&member)
+                    && l.to_lowercase().contains("certificate")
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cairn.get("/readyz").await.0, 503);
+    let up = format!("cairn_etcd_member_up{{endpoint=\"{member}\"}}");
+    assert_eq!(cairn.metric(&up).await, 0.0);
+}
+
+#[tokio::test]
+async fn check_reads_every_tls_file_and_refuses_mixed_schemes() {
+    let pki = Pki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (text, want) in [
+        (
+            "[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\nca_file = \"/nonexistent/ca.pem\"\n".to_string(),
+            "etcd.tls.ca_file: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            format!("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\nca_file = \"{}\"\n", not_pem.display()),
+            "does not hold a PEM certificate",
+        ),
+        (
+            format!("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\ncert_file = \"{}\"\n", pki.client_cert.display()),
+            "etcd.tls.cert_file: a client certificate needs key_file too",
+        ),
+        (
+            "[etcd]\nendpoints = [\"https://127.0.0.1:2379\", \"http://127.0.0.1:2380\"]\n".to_string(),
+            "etcd.endpoints: endpoints mix http:// and https://",
+        ),
+        (
+            format!("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[etcd.tls]\nca_file = \"{}\"\n", pki.ca.display()),
+            "are http://",
+        ),
+        (
+            "[etcd]\nusername = \"cairn\"\npassword = \"hunter2\"\n".to_string(),
+            "etcd.password: a password is never written in the config",
+        ),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let (status, _, err) = run(&["check", "-c", path.to_str().unwrap()]);
+        assert!(!status.success(), "accepted:\n{text}");
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+        assert!(!err.contains("hunter2"), "a password leaked: {err}");
+    }
+}
+
+/// etcd with auth, a 2 s token lifetime, and users: `cairn` (readwrite on /services/). etcd
+/// drops a client that stops answering its pings within about 2 s.
+async fn auth_etcd() -> Etcd {
+    let mut etcd = Etcd::start_with(&[
+        "--auth-token-ttl=2",
+        "--grpc-keepalive-interval=1s",
+        "--grpc-keepalive-timeout=1s",
+    ])
+    .await;
+    etcd.enable_auth().await;
+    let c = etcd.client().await;
+    let mut auth = c.auth_client();
+    auth.role_add("rw").await.unwrap();
+    auth.role_grant_permission("rw", Permission::read_write("/services/").with_prefix())
+        .await
+        .unwrap();
+    auth.user_add("cairn", "cairn-password", None)
+        .await
+        .unwrap();
+    auth.user_grant_role("cairn", "rw").await.unwrap();
+    etcd
+}
+
+/// A cairn authenticating as `cairn`, with a TCP service `s` and `extra` config.
+async fn cairn_as_user(etcd: &Etcd, dir: &std::path::Path, extra: &str) -> Cairn {
+    let password = dir.join("pw");
+    std::fs::write(&password, "cairn-password\n").unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\nusername = \"cairn\"\npassword_file = \"{}\"\n{ADMIN}\n\
+         [[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n\n{extra}",
+        etcd.endpoint(),
+        password.display()
+    ))
+    .await;
+    cairn.wait_ready().await;
+    cairn
+}
+
+#[tokio::test]
+async fn expiring_tokens_neither_stop_routing_nor_the_lease() {
+    let etcd = auth_etcd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = etcd.client().await;
+    let up = Tagged::start("up").await;
+    let cairn = cairn_as_user(
+        &etcd,
+        dir.path(),
+        "[[register]]\nservice = \"r\"\nid = \"me\"\naddr = \"10.0.0.1:80\"\nttl = \"3s\"\n",
+    )
+    .await;
+    let lease_of = |mut kv: etcd_client::Client| async move {
+        let r = kv.get("/services/r/me", None).await.ok()?;
+        r.kvs().first().map(|k| k.lease())
+    };
+    let first = eventually(SOON, "the registration is written", || lease_of(kv.clone())).await;
+    // Changes made after the token has expired several times over are still routed.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        kv.clone()
+            .put(format!("/services/s/i{i}"), up.addr.to_string(), None)
+            .await
+            .unwrap();
+        let want: Vec<String> = (0..=i).map(|j| format!("i{j}")).collect();
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        cairn.wait_instances("s", &want, SOON).await;
+    }
+    assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("up"));
+    assert_eq!(
+        lease_of(kv.clone()).await,
+        Some(first),
+        "the lease was lost"
+    );
+    let ttl = kv
+        .clone()
+        .lease_time_to_live(first, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(ttl > 0, "the lease is not kept alive");
+    assert!(
+        !cairn.log().contains("cairn-password"),
+        "the password reached the log"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_reopened_after_its_token_expired_authenticates_again_and_resumes() {
+    let etcd = auth_etcd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Tagged::start("up").await;
+    let cairn = cairn_as_user(&etcd, dir.path(), "").await;
+    // cairn freezes past its token's lifetime; etcd drops its connection meanwhile. Thawed, its
+    // watch must reopen with a fresh token (etcd cancels a watch created with an expired one)
+    // and resume from where it was.
+    cairn.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cairn.signal("CONT");
+    etcd.client()
+        .await
+        .put("/services/s/after", up.addr.to_string(), None)
+        .await
+        .unwrap();
+    cairn.wait_instances("s", &["after"], SOON).await;
+    assert!(cairn.metric("cairn_discovery_watch_restarts_total").await >= 1.0);
+    assert_eq!(
+        cairn.metric("cairn_discovery_lists_total").await,
+        1.0,
+        "the watch listed again instead of resuming"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_one_line_naming_the_user_and_the_endpoint() {
+    let etcd = auth_etcd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pw");
+    std::fs::write(&password, "wrong").unwrap();
+    let (status, _, err) = run(&[
+        "list",
+        "--endpoints",
+        &etcd.endpoint(),
+        "--username",
+        "cairn",
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("\"cairn\"") && err.contains(&etcd.endpoint()),
+        "{err}"
+    );
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("wrong"), "the password leaked: {err}");
+}
+
+#[tokio::test]
+async fn a_wiped_etcd_is_detected_and_its_registry_served() {
+    let mut etcd = Etcd::start().await;
+    let a = Tagged::start("a").await;
+    let b = Tagged::start("b").await;
+    let mut kv = etcd.client().await;
+    // Push the revision well above what the new etcd will have.
+    for i in 0..20 {
+        kv.put(
+            format!("/services/s/old-{}", i % 2),
+            a.addr.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[register]]\nservice = \"r\"\nid = \"me\"\naddr = \"10.0.0.1:80\"\nttl = \"2s\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("s", &["old-0", "old-1"], SOON).await;
+
+    etcd.restart_empty().await;
+    let mut kv = etcd.client().await;
+    kv.put("/services/s/new", b.addr.to_string(), None)
+        .await
+        .unwrap();
+    cairn.wait_instances("s", &["new"], SOON).await;
+    assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("b"));
+    assert!(cairn.log().contains("was replaced"), "{}", cairn.log());
+    eventually(SOON, "the registration is written to the new etcd", || {
+        let mut kv = kv.clone();
+        async move {
+            let r = kv
+                .get("/services/r/", Some(GetOptions::new().with_prefix()))
+                .await
+                .ok()?;
+            (!r.kvs().is_empty()).then_some(())
+        }
+    })
+    .await;
+}
