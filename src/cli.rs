@@ -2,7 +2,9 @@
 //! `deregister`, `list`, `watch`).
 
 mod args;
+mod bootstrap;
 mod commands;
 
-pub use args::{Cli, Command, EtcdArgs, RegisterArgs};
+pub use args::{AuthCommand, Cli, Command, EtcdArgs, RegisterArgs};
+pub use bootstrap::{bootstrap, BootstrapArgs};
 pub use commands::{deregister, list, register, watch};

@@ -77,6 +77,9 @@ fn main() -> ExitCode {
         Command::List { etcd, service } => {
             block_on(async move { cli::list(&etcd, service.as_deref()).await })
         }
+        Command::Auth {
+            command: cli::AuthCommand::Bootstrap(args),
+        } => block_on(cli::bootstrap(args)),
         Command::Watch { etcd, service } => block_on(async move {
             let shutdown = cairn::shutdown::on_signal();
             cli::watch(&etcd, service.map(|s| s.to_string()), shutdown).await

@@ -65,6 +65,12 @@ pub enum Command {
         /// Only this service.
         service: Option<ServiceName>,
     },
+    /// Set up etcd users and roles for cairn.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Print each change to the registry as it happens, until SIGINT or SIGTERM.
     Watch {
         /// Where etcd is.
@@ -73,6 +79,14 @@ pub enum Command {
         /// Only this service.
         service: Option<ServiceName>,
     },
+}
+
+/// `cairn auth` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Create (idempotently) a read-only role and user for proxies, a read-write role and user
+    /// for registrars, their password files, and optionally enable auth.
+    Bootstrap(super::bootstrap::BootstrapArgs),
 }
 
 /// Where etcd is: flags, or the `[etcd]` section of a config file.

@@ -331,3 +331,121 @@ async fn a_wiped_etcd_is_detected_and_its_registry_served() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn auth_bootstrap_sets_up_least_privilege_once_and_each_user_can_do_its_part() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root_pw = dir.path().join("root.pw");
+    std::fs::write(&root_pw, "root-secret\n").unwrap();
+    let passwords = dir.path().join("passwords");
+    std::fs::create_dir(&passwords).unwrap();
+    let endpoint = etcd.endpoint();
+    let bootstrap = || {
+        run(&[
+            "auth",
+            "bootstrap",
+            "--endpoints",
+            &endpoint,
+            "--username",
+            "root",
+            "--password-file",
+            root_pw.to_str().unwrap(),
+            "--password-dir",
+            passwords.to_str().unwrap(),
+            "--enable-auth",
+        ])
+    };
+    let (status, out, err) = bootstrap();
+    assert!(status.success(), "{err}");
+    for line in [
+        "created role cairn-proxy",
+        "granted role cairn-proxy read on /services/",
+        "created role cairn-registrar",
+        "granted role cairn-registrar readwrite on /services/",
+        "created user cairn-proxy with a generated password",
+        "granted role cairn-proxy to user cairn-proxy",
+        "enabled auth",
+    ] {
+        assert!(out.contains(line), "wanted {line:?} in:\n{out}");
+    }
+    let proxy_pw = passwords.join("cairn-proxy.password");
+    let secret = std::fs::read_to_string(&proxy_pw).unwrap();
+    assert!(!out.contains(secret.trim()), "a password was printed");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&proxy_pw).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Again: nothing changes, and it says so.
+    let (status, out, err) = bootstrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        !out.contains("created") && !out.contains("granted role") && !out.contains("enabled auth"),
+        "{out}"
+    );
+    assert!(
+        out.contains("role cairn-proxy already grants read on /services/"),
+        "{out}"
+    );
+    assert!(out.contains("auth is already enabled"), "{out}");
+
+    // The proxy user routes.
+    let mut kv = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "root-secret")),
+    )
+    .await
+    .unwrap();
+    let up = Tagged::start("up").await;
+    kv.put("/services/s/a", up.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\nusername = \"cairn-proxy\"\npassword_file = \"{}\"\n{ADMIN}\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n",
+        etcd.endpoint(),
+        proxy_pw.display()
+    ))
+    .await;
+    cairn.wait_instances("s", &["a"], SOON).await;
+    assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("up"));
+
+    // It cannot register; the registrar user can.
+    let register = |user: &str, id: &str| {
+        let password_file = passwords.join(format!("{user}.password"));
+        crate::support::cairn::Proc::spawn(&[
+            "register",
+            "--endpoints",
+            &endpoint,
+            "--username",
+            user,
+            "--password-file",
+            password_file.to_str().unwrap(),
+            "--service",
+            "reg",
+            "--id",
+            id,
+            "--addr",
+            "10.0.0.1:80",
+        ])
+    };
+    let mut proxy = register("cairn-proxy", "p");
+    let status = proxy.wait_exit(SOON).await;
+    assert!(!status.success());
+    let err = proxy.stderr();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("may not write under /services/") && last.contains("permission denied"),
+        "{err}"
+    );
+    let _registrar = register("cairn-registrar", "r");
+    eventually(SOON, "the registrar user registers", || {
+        let mut kv = kv.clone();
+        async move {
+            let r = kv.get("/services/reg/r", None).await.ok()?;
+            (!r.kvs().is_empty()).then_some(())
+        }
+    })
+    .await;
+}
