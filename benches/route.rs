@@ -288,6 +288,7 @@ async fn start_cairn(
         protocol,
         route: RouteConfig::default(),
         limits: Limits::default(),
+        key: None,
     };
     let config = Config {
         etcd: EtcdConfig {

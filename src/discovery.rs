@@ -59,6 +59,9 @@ pub struct Discovery<L, S> {
     source: L,
     /// The registry prefix, ending with `/`.
     prefix: String,
+    /// When set, every key under `prefix` is an instance of this one service (go-zero's
+    /// `<key>/<lease id>` layout) instead of `<prefix><service>/<id>`.
+    service: Option<String>,
     /// Where updates go.
     sink: S,
     /// Counters for `/metrics`.
@@ -98,8 +101,27 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
         Discovery {
             source,
             prefix: prefix.to_string(),
+            service: None,
             sink,
             metrics,
+        }
+    }
+
+    /// Reads every key under the prefix as an instance of `service`, whatever its path: the id
+    /// is the rest of the key.
+    pub fn for_service(mut self, service: &str) -> Self {
+        self.service = Some(service.to_string());
+        self
+    }
+
+    /// The service and instance id a key names, if it names one.
+    fn locate<'k>(&'k self, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
+        match &self.service {
+            None => split_key(&self.prefix, key),
+            Some(service) => {
+                let id = std::str::from_utf8(key.strip_prefix(self.prefix.as_bytes())?).ok()?;
+                (!id.is_empty()).then_some((service.as_str(), id))
+            }
         }
     }
 
@@ -287,7 +309,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                 continue;
             }
             newest = newest.max(revision);
-            let Some((service, id)) = split_key(&self.prefix, &event.kv.key) else {
+            let Some((service, id)) = self.locate(&event.kv.key) else {
                 continue;
             };
             let put = if event.deleted {
@@ -314,7 +336,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
 
     /// Reads one registry entry; unusable ones are logged, counted and skipped.
     fn read(&self, kv: &Kv) -> Option<(String, Arc<Instance>)> {
-        let (service, id) = split_key(&self.prefix, &kv.key)?;
+        let (service, id) = self.locate(&kv.key)?;
         match parse_value(&kv.value) {
             Ok(endpoint) => Some((
                 service.to_string(),

@@ -1,5 +1,6 @@
-//! The etcd connection every component shares: its settings, the client options cairn relies on,
-//! paged prefix reads, one-line errors, and outage logging.
+//! The etcd connection every component shares: its settings (TLS, the user and its password),
+//! the client options cairn relies on, paged prefix reads, one-line errors, outage logging, the
+//! metrics of every call and each member's health.
 
 mod client;
 mod config;

@@ -26,7 +26,8 @@
 //! 2. **Runtime support**: [`shutdown`] (the root signal), `accept` (listening sockets and the
 //!    accept loop), `net` (dialing), `throttle` (one warning a second).
 //! 3. **Components**, each owning its config section and validation:
-//!    - [`etcd`]: the connection, paged reads, one-line errors, outage logging;
+//!    - [`etcd`]: the connection (TLS, the user it authenticates as), paged reads, one-line
+//!      errors, outage logging, per-call metrics and each member's health;
 //!    - [`discovery`]: list-then-watch with resume, dedup, compaction and restore recovery,
 //!      behind the [`discovery::ListWatch`] trait;
 //!    - [`register`]: this node's own instances under a kept-alive lease, gated on health

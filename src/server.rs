@@ -27,7 +27,7 @@ use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{GatewayConfig, ListenerFamilies, Protocol, ServiceConfig};
 use crate::register::Registrar;
-use crate::snapshot::{Store, StoreWriter};
+use crate::snapshot::{Scope, Store, StoreWriter};
 use crate::throttle::Throttle;
 
 /// A cairn process with every socket bound, ready to run.
@@ -158,13 +158,40 @@ impl Server {
         let discovery_metrics = DiscoveryMetrics::default();
         discovery_metrics.register(&mut registry);
         let freshness = Arc::clone(&discovery_metrics.freshness);
-        let discovery = Discovery::new(
+        // Services read from their own key (go-zero's layout) get a watch of their own; the
+        // prefix's watch leaves them alone.
+        let keyed: Vec<(&ServiceConfig, &str)> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| s.key.as_deref().map(|k| (s, k)))
+            .collect();
+        let mut discoveries = vec![Discovery::new(
             etcd.clone(),
             &self.config.etcd.prefix,
-            StoreWriter::new(Arc::clone(&self.store)),
-            discovery_metrics,
+            StoreWriter::scoped(
+                Arc::clone(&self.store),
+                Scope::AllBut(keyed.iter().map(|(s, _)| s.name.to_string()).collect()),
+            ),
+            discovery_metrics.clone(),
         )
-        .spawn(background.clone());
+        .spawn(background.clone())];
+        for (service, key) in &keyed {
+            info!(service = %service.name, key, "reading this service's instances from its own key");
+            let metrics = DiscoveryMetrics {
+                freshness: Arc::default(),
+                ..discovery_metrics.clone()
+            };
+            let writer = StoreWriter::scoped(
+                Arc::clone(&self.store),
+                Scope::Only(service.name.to_string()),
+            );
+            discoveries.push(
+                Discovery::new(etcd.clone(), key, writer, metrics)
+                    .for_service(&service.name)
+                    .spawn(background.clone()),
+            );
+        }
 
         // Registration runs beside the proxy on its own task: neither can stop the other.
         let registrar = (!self.config.registrations.is_empty()).then(|| {
@@ -305,7 +332,9 @@ impl Server {
             tracker.wait().await;
         }
         background.cancel();
-        let _ = discovery.await;
+        for discovery in discoveries {
+            let _ = discovery.await;
+        }
         let _ = members.await;
         let _ = admin_task.await;
         info!("cairn stopped");

@@ -11,4 +11,4 @@ mod writer;
 
 pub use cell::{Pick, Retries, ServiceCell, Snapshot};
 pub use store::Store;
-pub use writer::StoreWriter;
+pub use writer::{Scope, StoreWriter};

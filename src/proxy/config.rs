@@ -45,6 +45,9 @@ pub struct ServiceConfig {
     pub route: RouteConfig,
     /// Limits of the listener.
     pub limits: Limits,
+    /// Where the service's instances live instead of `<prefix><name>/`: every key under this
+    /// prefix (it ends with `/`) is one instance, as go-zero writes `<key>/<lease id>`.
+    pub key: Option<String>,
 }
 
 /// How connections or requests reach the instances of one service.
@@ -175,6 +178,7 @@ pub(crate) struct RawService {
     max_connections: Option<Spanned<u64>>,
     idle_timeout: Option<Spanned<HumanDuration>>,
     max_header_bytes: Option<Spanned<u64>>,
+    key: Option<Spanned<String>>,
 }
 
 impl RawService {
@@ -230,7 +234,25 @@ impl RawService {
             )?,
             rewrite_host: self.rewrite_host.unwrap_or(defaults.rewrite_host),
         };
+        let key_prefix = match &self.key {
+            None => None,
+            Some(k) => {
+                let raw = k.get_ref().trim_end_matches('/');
+                if raw.is_empty() || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(key.at(
+                        "key",
+                        k,
+                        format!(
+                            "key {:?} must be a non-empty etcd key, like \"product.rpc\"",
+                            k.get_ref()
+                        ),
+                    ));
+                }
+                Some(format!("{raw}/"))
+            }
+        };
         Ok(ServiceConfig {
+            key: key_prefix,
             limits: RawLimits {
                 max_connections: self.max_connections.as_ref(),
                 idle_timeout: self.idle_timeout.as_ref(),

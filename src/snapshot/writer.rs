@@ -1,7 +1,7 @@
 //! The discovery sink that keeps a [`Store`] current: applies each [`Update`] and swaps in a new
 //! snapshot for every service whose instances really changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::cell::ServiceCell;
@@ -17,21 +17,46 @@ use crate::update::{Change, Sink, Update};
 pub struct StoreWriter {
     /// The store readers see.
     store: Arc<Store>,
+    /// The services this writer owns.
+    scope: Scope,
+}
+
+/// Which services a writer owns, when several discoveries feed one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every service but these (owned by other writers). This writer's revision is the store's.
+    AllBut(HashSet<String>),
+    /// This one service only.
+    Only(String),
 }
 
 impl StoreWriter {
-    /// A writer for `store`, which it assumes empty.
+    /// A writer for `store`, which it assumes empty, owning every service.
     pub fn new(store: Arc<Store>) -> StoreWriter {
-        StoreWriter { store }
+        StoreWriter::scoped(store, Scope::AllBut(HashSet::new()))
+    }
+
+    /// A writer for `store` that owns the services of `scope` and leaves the others alone.
+    pub fn scoped(store: Arc<Store>, scope: Scope) -> StoreWriter {
+        StoreWriter { store, scope }
+    }
+
+    fn owns(&self, service: &str) -> bool {
+        match &self.scope {
+            Scope::AllBut(others) => !others.contains(service),
+            Scope::Only(one) => one == service,
+        }
     }
 
     fn reset(&self, instances: Vec<(String, Arc<Instance>)>) {
         let mut fresh: HashMap<String, Vec<Arc<Instance>>> = HashMap::new();
         for (service, instance) in instances {
-            fresh.entry(service).or_default().push(instance);
+            if self.owns(&service) {
+                fresh.entry(service).or_default().push(instance);
+            }
         }
         for service in self.store.populated() {
-            if !fresh.contains_key(&service) {
+            if self.owns(&service) && !fresh.contains_key(&service) {
                 self.store.cell(&service).publish(Vec::new());
             }
         }
@@ -51,7 +76,7 @@ impl StoreWriter {
     fn change(&self, changes: Vec<Change>) {
         // Per service, the last change of each id wins, in id order for the merge below.
         let mut edits: HashMap<String, BTreeMap<String, Option<Arc<Instance>>>> = HashMap::new();
-        for change in changes {
+        for change in changes.into_iter().filter(|c| self.owns(c.service())) {
             match change {
                 Change::Put {
                     service, instance, ..
@@ -121,11 +146,15 @@ impl Sink for StoreWriter {
                 instances,
             } => {
                 self.reset(instances);
-                self.store.applied(revision, true);
+                if let Scope::AllBut(_) = self.scope {
+                    self.store.applied(revision, true);
+                }
             }
             Update::Changes { revision, changes } => {
                 self.change(changes);
-                self.store.applied(revision, false);
+                if let Scope::AllBut(_) = self.scope {
+                    self.store.applied(revision, false);
+                }
             }
         }
     }
@@ -259,5 +288,41 @@ mod tests {
             after.instances()[1].endpoint.addr.to_string(),
             "10.0.0.9:80"
         );
+    }
+
+    #[test]
+    fn scoped_writers_leave_each_others_services_alone() {
+        let store = Store::new();
+        let keyed: HashSet<String> = ["product".to_string()].into();
+        let mut main = StoreWriter::scoped(Arc::clone(&store), Scope::AllBut(keyed));
+        let mut product = StoreWriter::scoped(Arc::clone(&store), Scope::Only("product".into()));
+        product.apply(Update::Reset {
+            revision: 3,
+            instances: vec![("product".into(), inst("7587", "10.0.0.7:80"))],
+        });
+        main.apply(Update::Reset {
+            revision: 4,
+            instances: vec![
+                ("orders".into(), inst("a", "10.0.0.1:80")),
+                ("product".into(), inst("stray", "10.0.0.9:80")),
+            ],
+        });
+        assert_eq!(
+            ids(&store, "product"),
+            ["7587"],
+            "the main writer touched a keyed service"
+        );
+        assert_eq!(ids(&store, "orders"), ["a"]);
+        assert_eq!(
+            store.revision(),
+            4,
+            "only the main writer sets the revision"
+        );
+        main.apply(Update::Reset {
+            revision: 5,
+            instances: vec![],
+        });
+        assert_eq!(ids(&store, "product"), ["7587"]);
+        assert!(ids(&store, "orders").is_empty());
     }
 }

@@ -258,6 +258,16 @@ async fn routing_continues_while_etcd_is_down_and_catches_up_after() {
         .unwrap();
     let cairn = Cairn::start(&config(&etcd.endpoint(), &["s"], "")).await;
     cairn.wait_instances("s", &["a"], SOON).await;
+    assert_eq!(cairn.get("/readyz").await, (200, "ready\n".to_string()));
+    assert_eq!(cairn.metric("cairn_registry_connected").await, 1.0);
+    assert!(
+        cairn
+            .metric("cairn_etcd_operations_total{operation=\"range\",status=\"ok\"}")
+            .await
+            >= 1.0
+    );
+    let member = format!("cairn_etcd_member_up{{endpoint=\"{}\"}}", etcd.endpoint());
+    assert_eq!(cairn.metric(&member).await, 1.0);
 
     etcd.kill();
     let down = Instant::now();
@@ -270,6 +280,15 @@ async fn routing_continues_while_etcd_is_down_and_catches_up_after() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cairn.get("/healthz").await.0, 200);
+    // Still ready: routing from the last snapshot is the point. But it says so.
+    let (status, body) = cairn.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready (stale ") && body.contains("etcd unreachable"),
+        "{body}"
+    );
+    assert_eq!(cairn.metric("cairn_registry_connected").await, 0.0);
+    assert!(cairn.metric("cairn_registry_stale_seconds").await >= 2.0);
 
     etcd.restart().await;
     let mut kv = etcd.client().await;
@@ -366,4 +385,60 @@ async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state() {
         cairn.log()
     );
     assert_eq!(cairn.services().await["revision"], json!(head));
+}
+
+#[tokio::test]
+async fn a_go_zero_key_outside_the_prefix_is_routed_through_its_service() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let product = Tagged::start("product").await;
+    let stray = Tagged::start("stray").await;
+    // go-zero: `<key>/<lease id in decimal>` with a plain host:port value, at the top level.
+    let lease = kv.lease_grant(30, None).await.unwrap().id();
+    kv.put(
+        format!("product.rpc/{lease}"),
+        product.addr.to_string(),
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    // Under the prefix, the same service name: ignored, the key is authoritative.
+    kv.put("/services/product/stray", stray.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&config(
+        &etcd.endpoint(),
+        &["product"],
+        "key = \"product.rpc\"",
+    ))
+    .await;
+    let id = lease.to_string();
+    cairn.wait_instances("product", &[id.as_str()], SOON).await;
+    for _ in 0..4 {
+        assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("product"));
+    }
+    // Changes under the key arrive like any other.
+    kv.lease_revoke(lease).await.unwrap();
+    cairn.wait_instances("product", &[], SOON).await;
+    assert_eq!(greeting(cairn.listen(0)).await, None);
+}
+
+#[tokio::test]
+async fn readiness_turns_503_once_etcd_is_away_for_max_stale() {
+    let mut etcd = Etcd::start().await;
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\nmax_stale = \"2s\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_ready().await;
+    etcd.kill();
+    eventually(SOON, "readiness turns 503", || async {
+        let (status, body) = cairn.get("/readyz").await;
+        (status == 503 && body.contains("max_stale")).then_some(())
+    })
+    .await;
+    etcd.restart().await;
+    cairn.wait_ready().await;
+    assert_eq!(cairn.get("/readyz").await, (200, "ready\n".to_string()));
 }
