@@ -5,6 +5,6 @@ mod args;
 mod bootstrap;
 mod commands;
 
-pub use args::{AuthCommand, Cli, Command, EtcdArgs, RegisterArgs};
-pub use bootstrap::{bootstrap, BootstrapArgs};
+pub use args::{AuthCommand, BootstrapArgs, Cli, Command, EtcdArgs, RegisterArgs};
+pub use bootstrap::bootstrap;
 pub use commands::{deregister, list, register, watch};

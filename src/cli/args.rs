@@ -86,7 +86,7 @@ pub enum Command {
 pub enum AuthCommand {
     /// Create (idempotently) a read-only role and user for proxies, a read-write role and user
     /// for registrars, their password files, and optionally enable auth.
-    Bootstrap(super::bootstrap::BootstrapArgs),
+    Bootstrap(BootstrapArgs),
 }
 
 /// Where etcd is: flags, or the `[etcd]` section of a config file.
@@ -219,4 +219,24 @@ const MAX_GRACE: Duration = Duration::from_secs(3600);
 fn grace(s: &str) -> Result<Duration, String> {
     let HumanDuration(d) = s.parse()?;
     check_duration(d, &(Duration::ZERO..=MAX_GRACE))
+}
+
+/// `cairn auth bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Where etcd is, and the root user to act as (`--username root --password-file FILE`).
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+    /// The user proxies authenticate as: it may read the prefix
+    #[arg(long, default_value = "cairn-proxy")]
+    pub(crate) proxy_user: String,
+    /// The user registrars authenticate as: it may read and write the prefix
+    #[arg(long, default_value = "cairn-registrar")]
+    pub(crate) registrar_user: String,
+    /// Where each user's password is kept, in <DIR>/<user>.password (generated when missing)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) password_dir: PathBuf,
+    /// Also create root (with --password-file's password) and enable auth, if it is disabled
+    #[arg(long)]
+    pub(crate) enable_auth: bool,
 }

@@ -4,36 +4,15 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::Args;
 use etcd_client::{AuthClient, Permission, PermissionType};
 use rand::RngExt;
 
-use super::args::EtcdArgs;
+use super::args::BootstrapArgs;
 use crate::error::Error;
 use crate::etcd::{Etcd, EtcdError, EtcdMetrics};
 use crate::registry::prefix_end;
-
-/// `cairn auth bootstrap`.
-#[derive(Debug, Args)]
-pub struct BootstrapArgs {
-    /// Where etcd is, and the root user to act as (`--username root --password-file FILE`).
-    #[command(flatten)]
-    pub(crate) etcd: EtcdArgs,
-    /// The user proxies authenticate as: it may read the prefix
-    #[arg(long, default_value = "cairn-proxy")]
-    pub(crate) proxy_user: String,
-    /// The user registrars authenticate as: it may read and write the prefix
-    #[arg(long, default_value = "cairn-registrar")]
-    pub(crate) registrar_user: String,
-    /// Where each user's password is kept, in <DIR>/<user>.password (generated when missing)
-    #[arg(long, value_name = "DIR")]
-    pub(crate) password_dir: PathBuf,
-    /// Also create root (with --password-file's password) and enable auth, if it is disabled
-    #[arg(long)]
-    pub(crate) enable_auth: bool,
-}
 
 /// Characters in a generated password: enough entropy for an etcd account at 32 of them.
 const PASSWORD_LEN: usize = 32;
