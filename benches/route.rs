@@ -289,6 +289,7 @@ async fn start_cairn(
         route: RouteConfig::default(),
         limits: Limits::default(),
         key: None,
+        health: None,
     };
     let config = Config {
         etcd: EtcdConfig {

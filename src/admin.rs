@@ -31,7 +31,7 @@ pub(crate) use metrics::StoreCollector;
 
 use crate::accept::{accept_loop, Caps};
 use crate::discovery::Freshness;
-use crate::snapshot::Store;
+use crate::snapshot::{InstanceState, Store};
 
 /// Connections the admin endpoint serves at once: room for scrapers, probes and an operator
 /// beside a hundred stalled clients, few enough to fit in the descriptors kept out of the data
@@ -148,22 +148,43 @@ impl Admin {
     }
 
     fn services_json(&self) -> Value {
+        let now = crate::clock::now_ms();
         let mut services = Map::new();
-        for (name, snapshot) in self.store.snapshots() {
+        for (name, cell) in self.store.cells() {
+            let snapshot = cell.load();
             let instances: Vec<Value> = snapshot
                 .instances()
                 .iter()
-                .map(|i| {
-                    json!({
+                .zip(snapshot.states())
+                .enumerate()
+                .map(|(index, (i, state))| {
+                    let mut shown = json!({
                         "id": i.id,
                         "addr": i.endpoint.addr.to_string(),
                         "weight": i.endpoint.weight,
                         "zone": i.endpoint.zone,
                         "metadata": i.endpoint.metadata,
-                    })
+                        "state": state_name(state),
+                        "usable": snapshot.is_usable(index),
+                        "inflight": state.inflight(),
+                    });
+                    if let Some(until) = state.ejected_until() {
+                        shown["ejected_seconds_left"] =
+                            json!(until.saturating_sub(now).div_ceil(1000));
+                    }
+                    shown
                 })
                 .collect();
-            services.insert(name, json!({ "instances": instances }));
+            services.insert(
+                name,
+                json!({
+                    "balance": cell.policy().balance.as_str(),
+                    "usable": snapshot.usable(),
+                    "panic": snapshot.in_panic(),
+                    "ejections": cell.ejections(),
+                    "instances": instances,
+                }),
+            );
         }
         json!({
             "revision": self.store.revision(),
@@ -186,6 +207,19 @@ impl Admin {
                 format!("cannot encode the metrics: {e}\n"),
             ),
         }
+    }
+}
+
+/// How `/services` names an instance's state; the first that applies.
+fn state_name(state: &InstanceState) -> &'static str {
+    if state.ejected_until().is_some() {
+        "ejected"
+    } else if state.checks_failing() {
+        "failing_checks"
+    } else if state.on_probation() {
+        "probation"
+    } else {
+        "healthy"
     }
 }
 

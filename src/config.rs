@@ -1,6 +1,6 @@
 //! The TOML configuration file, aggregated from the sections each component owns.
 //!
-//! This module parses the file, hands `[etcd]`, `[admin]`, each `[[service]]`, `[[gateway]]` and
+//! This module parses the file, reads `[node]`, hands `[etcd]`, `[admin]`, each `[[service]]`, `[[gateway]]` and
 //! `[[register]]` block to the component that owns its settings, and checks what spans sections
 //! (service names, listen addresses). Every mistake is reported as one [`ConfigError`] naming
 //! the file, the line and the key, so `cairn check` and `cairn run` print a single line an
@@ -41,6 +41,8 @@ pub struct Config {
     pub registrations: Vec<Registration>,
     /// The TTL of the lease every registration shares.
     pub lease_ttl: Duration,
+    /// This node's failure zone (`[node] zone`): picks prefer instances of the same zone.
+    pub zone: Option<String>,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             gateways: Vec::new(),
             registrations: Vec::new(),
             lease_ttl: Ttl::default().0,
+            zone: None,
         }
     }
 }
@@ -96,6 +99,32 @@ struct RawConfig {
     gateways: Vec<RawGateway>,
     #[serde(default, rename = "register")]
     registrations: Vec<RawRegister>,
+    #[serde(default)]
+    node: RawNode,
+}
+
+/// The `[node]` table as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    zone: Option<Spanned<String>>,
+}
+
+impl RawNode {
+    fn validate(self, key: &Key) -> FieldResult<Option<String>> {
+        let Some(zone) = self.zone else {
+            return Ok(None);
+        };
+        let z = zone.get_ref();
+        if z.is_empty() || z.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(key.at(
+                "zone",
+                &zone,
+                format!("zone {z:?} must be a name without spaces, like \"eu-1a\""),
+            ));
+        }
+        Ok(Some(zone.into_inner()))
+    }
 }
 
 /// Listen addresses already taken, with who took them and on which line (0: by default).
@@ -170,7 +199,9 @@ impl RawConfig {
         }
 
         let (registrations, ttl) = crate::register::validate(self.registrations, lines)?;
+        let zone = self.node.validate(&Key::new("node"))?;
         Ok(Config {
+            zone,
             etcd,
             admin,
             services,

@@ -94,6 +94,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
             route: RouteConfig::default(),
             limits: Limits::default(),
             key: None,
+            health: None,
         }],
         gateways: vec![GatewayConfig {
             listen: free_or_ephemeral(SocketAddr::from(([127, 0, 0, 1], 7080))).await,

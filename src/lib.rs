@@ -24,7 +24,8 @@
 //!    - [`field`]: config field types and located errors shared by every component;
 //!      [`backoff`]: retry delays; [`text`]: outside strings made safe to print.
 //! 2. **Runtime support**: [`shutdown`] (the root signal), `accept` (listening sockets and the
-//!    accept loop), `net` (dialing), `throttle` (one warning a second).
+//!    accept loop), `net` (dialing), `throttle` (one warning a second), `clock` (milliseconds
+//!    for instance states).
 //! 3. **Components**, each owning its config section and validation:
 //!    - [`etcd`]: the connection (TLS, the user it authenticates as), paged reads, one-line
 //!      errors, outage logging, per-call metrics and each member's health;
@@ -58,6 +59,7 @@ pub mod text;
 pub mod update;
 
 pub(crate) mod accept;
+pub(crate) mod clock;
 pub(crate) mod net;
 pub mod shutdown;
 pub(crate) mod throttle;

@@ -8,9 +8,13 @@
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failover;
+pub(crate) mod health;
 pub(crate) mod http;
+mod judge;
 pub(crate) mod metrics;
 pub(crate) mod tcp;
 
-pub use config::{GatewayConfig, Limits, Protocol, RouteConfig, ServiceConfig};
+pub use config::{
+    GatewayConfig, HealthCheck, HealthProbe, Limits, Protocol, RouteConfig, ServiceConfig,
+};
 pub use metrics::{ListenerFamilies, ListenerMetrics};

@@ -23,6 +23,7 @@ use crate::discovery::{Discovery, DiscoveryMetrics};
 use crate::error::Error;
 use crate::etcd::{Etcd, EtcdMetrics, Members};
 use crate::net::OwnAddrs;
+use crate::proxy::health::HealthChecker;
 use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{GatewayConfig, ListenerFamilies, Protocol, ServiceConfig};
@@ -90,12 +91,18 @@ impl Server {
             }
             None => wanted,
         };
+        let store = Store::new();
+        for service in &config.services {
+            store
+                .cell(&service.name)
+                .configure(service.route.policy(config.zone.clone()));
+        }
         Ok(Server {
             config,
             admin,
             listeners,
             gateways,
-            store: Store::new(),
+            store,
             connections: Arc::new(Semaphore::new(allowed.clamp(1, Semaphore::MAX_PERMITS))),
         })
     }
@@ -225,8 +232,17 @@ impl Server {
         let routes = Routes::new(
             Arc::clone(&self.store),
             self.config.services.iter().map(|s| (&s.name, &s.route)),
+            self.config.zone.clone(),
             Arc::clone(&own),
         );
+        let checks = self.config.services.iter().filter_map(|service| {
+            let check = service.health.clone()?;
+            let route = routes.configured(&service.name)?;
+            Some(tokio::spawn(
+                HealthChecker::new(route, check, Arc::clone(&own)).run(background.clone()),
+            ))
+        });
+        let checks: Vec<_> = checks.collect();
         let forwarder = |metrics| Forwarder {
             metrics,
             tunnels: tracker.clone(),
@@ -248,7 +264,7 @@ impl Server {
                     let proxy = Arc::new(TcpProxy {
                         cell: self.store.cell(&service.name),
                         service: service.name,
-                        balance: service.route.balance,
+                        hash_client_ip: service.route.hash_key.is_some(),
                         connect_timeout: service.route.connect_timeout,
                         retries: service.route.retries,
                         metrics,
@@ -336,6 +352,9 @@ impl Server {
             let _ = discovery.await;
         }
         let _ = members.await;
+        for check in checks {
+            let _ = check.await;
+        }
         let _ = admin_task.await;
         info!("cairn stopped");
         Ok(())

@@ -3,12 +3,15 @@
 //! Readers (listeners, the admin endpoint) load a snapshot without locking and never see half an
 //! update. The discovery task is the only writer: [`StoreWriter`] builds a new snapshot for each
 //! service that really changed and swaps it in whole. Instances are shared between successive
-//! snapshots by reference count, so each is held in memory once.
+//! snapshots by reference count, so each is held in memory once, and so is its live
+//! [`InstanceState`]: requests in flight, failures in a row, ejection, health checks.
 
 mod cell;
+mod state;
 mod store;
 mod writer;
 
-pub use cell::{Pick, Retries, ServiceCell, Snapshot};
+pub use cell::{Pick, Policy, Retries, ServiceCell, Snapshot};
+pub use state::{InFlight, InstanceState, Outlier, Verdict};
 pub use store::Store;
 pub use writer::{Scope, StoreWriter};

@@ -214,3 +214,138 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn balancing_ejection_health_and_zone_are_read() {
+    let text = r#"
+[node]
+zone = "eu-1a"
+
+[[service]]
+name = "orders"
+listen = "127.0.0.1:7001"
+protocol = "http"
+balance = "hash"
+hash_key = "header:X-User"
+min_local = 3
+
+[service.outlier]
+consecutive_failures = 2
+consecutive_5xx = 4
+base_ejection_time = "10s"
+max_ejection_time = "1m"
+max_ejection_percent = 30
+
+[service.health]
+http = "/healthz"
+interval = "2s"
+timeout = "500ms"
+rise = 1
+fall = 2
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.zone.as_deref(), Some("eu-1a"));
+    let s = &c.services[0];
+    assert_eq!(s.route.balance, Balance::Hash);
+    assert_eq!(
+        s.route.hash_key,
+        Some(crate::balance::HashKey::Header("x-user".into()))
+    );
+    assert_eq!(s.route.min_local, 3);
+    let o = s.route.outlier;
+    assert_eq!(
+        (
+            o.consecutive_failures,
+            o.consecutive_5xx,
+            o.max_ejection_percent
+        ),
+        (2, 4, 30)
+    );
+    assert_eq!((o.base_ejection_ms, o.max_ejection_ms), (10_000, 60_000));
+    let h = s.health.as_ref().unwrap();
+    assert_eq!(h.probe, crate::proxy::HealthProbe::Http("/healthz".into()));
+    assert_eq!(
+        (h.interval, h.timeout),
+        (Duration::from_secs(2), Duration::from_millis(500))
+    );
+    assert_eq!((h.rise, h.fall), (1, 2));
+    let p = s.route.policy(c.zone.clone());
+    assert_eq!(p.zone.as_deref(), Some("eu-1a"));
+
+    // Ejection on by default with Envoy's numbers, checks off, hash on the client's address.
+    let plain = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+    let c = parse(plain).unwrap();
+    assert_eq!(
+        c.services[0].route.outlier,
+        crate::snapshot::Outlier::default()
+    );
+    assert!(c.services[0].health.is_none());
+    let c = parse(&format!("{plain}balance = \"hash\"\n")).unwrap();
+    assert_eq!(
+        c.services[0].route.hash_key,
+        Some(crate::balance::HashKey::ClientIp)
+    );
+    let c = parse(&format!("{plain}[service.health]\ntcp = true\n")).unwrap();
+    let h = c.services[0].health.as_ref().unwrap();
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall),
+        (Duration::from_secs(5), Duration::from_secs(1), 2, 3)
+    );
+}
+
+#[test]
+fn balancing_mistakes_are_named() {
+    let plain = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+    for (extra, says) in [
+        (
+            "hash_key = \"client_ip\"\n",
+            "applies only to balance = \"hash\"",
+        ),
+        (
+            "balance = \"hash\"\nhash_key = \"header:x\"\n",
+            "needs protocol = \"http\"",
+        ),
+        (
+            "protocol = \"http\"\nbalance = \"hash\"\nhash_key = \"ip\"\n",
+            "must be \"client_ip\"",
+        ),
+        (
+            "[service.outlier]\nmax_ejection_percent = 101\n",
+            "outside 0..=100",
+        ),
+        (
+            "[service.outlier]\nbase_ejection_time = \"2m\"\nmax_ejection_time = \"1m\"\n",
+            "shorter than base_ejection_time",
+        ),
+        (
+            "[service.outlier]\nbase_ejection_time = \"10ms\"\n",
+            "at least 1s",
+        ),
+        (
+            "[service.outlier]\nconsecutive_errors = 1\n",
+            "unknown field",
+        ),
+        (
+            "[service.health]\ntcp = true\nhttp = \"/h\"\n",
+            "either tcp = true or http",
+        ),
+        ("[service.health]\nhttp = \"healthz\"\n", "must be a path"),
+        (
+            "[service.health]\ntcp = true\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+            "at most 1s",
+        ),
+        (
+            "[service.health]\ntcp = true\nrise = 0\n",
+            "outside 1..=1000",
+        ),
+    ] {
+        let e = parse(&format!("{plain}{extra}")).unwrap_err();
+        assert!(e.message.contains(says), "{extra}: {e}");
+        assert!(e.line.is_some_and(|l| l >= 4), "{extra}: {e}");
+    }
+    let e = parse("[node]\nzone = \"eu 1\"\n").unwrap_err();
+    assert!(
+        e.message.contains("without spaces") && e.line == Some(2),
+        "{e}"
+    );
+}

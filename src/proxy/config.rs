@@ -8,9 +8,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::balance::Balance;
+use crate::balance::{Balance, HashKey};
 use crate::field::{duration, within, FieldResult, HumanDuration, Key, ListenAddr};
 use crate::registry::ServiceName;
+use crate::snapshot::{Outlier, Policy};
+
+mod judging;
+
+pub use judging::{HealthCheck, HealthProbe};
+use judging::{RawHealth, RawOutlier};
 
 /// How a listener speaks to its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -48,6 +54,8 @@ pub struct ServiceConfig {
     /// Where the service's instances live instead of `<prefix><name>/`: every key under this
     /// prefix (it ends with `/`) is one instance, as go-zero writes `<key>/<lease id>`.
     pub key: Option<String>,
+    /// Active health checks of the service's instances; none by default.
+    pub health: Option<HealthCheck>,
 }
 
 /// How connections or requests reach the instances of one service.
@@ -55,6 +63,12 @@ pub struct ServiceConfig {
 pub struct RouteConfig {
     /// The picking policy.
     pub balance: Balance,
+    /// What the `hash` policy hashes; set exactly when `balance` is `hash`.
+    pub hash_key: Option<HashKey>,
+    /// When failing instances are ejected.
+    pub outlier: Outlier,
+    /// With a node zone, local instances are preferred while at least this many are usable.
+    pub min_local: usize,
     /// How long a connect to one instance may take before another is tried.
     pub connect_timeout: Duration,
     /// How many other instances are tried when a connect fails.
@@ -69,10 +83,25 @@ impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
             balance: Balance::RoundRobin,
+            hash_key: None,
+            outlier: Outlier::default(),
+            min_local: 2,
             connect_timeout: Duration::from_secs(1),
             retries: 2,
             request_timeout: Duration::from_secs(30),
             rewrite_host: false,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// The picking and ejection policy of the route's service on a node in `zone`.
+    pub fn policy(&self, zone: Option<String>) -> Policy {
+        Policy {
+            balance: self.balance,
+            outlier: self.outlier,
+            zone,
+            min_local: self.min_local,
         }
     }
 }
@@ -123,6 +152,8 @@ const IDLE_TIMEOUT: RangeInclusive<Duration> =
 /// The most instances a connection may try: the first pick plus this many retries. Beyond a
 /// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
 const MAX_RETRIES: u32 = 16;
+/// More local instances than this is never a sensible requirement.
+const MAX_MIN_LOCAL: u64 = 10_000;
 /// hyper's smallest read buffer; a smaller header limit cannot be enforced.
 const MIN_HEADER_BYTES: u64 = 8192;
 /// Far above any legitimate request head, low enough that one client cannot pin much memory.
@@ -171,6 +202,10 @@ pub(crate) struct RawService {
     pub(crate) listen: Spanned<ListenAddr>,
     protocol: Option<Protocol>,
     balance: Option<Balance>,
+    hash_key: Option<Spanned<HashKey>>,
+    min_local: Option<Spanned<u64>>,
+    outlier: Option<RawOutlier>,
+    health: Option<RawHealth>,
     connect_timeout: Option<Spanned<HumanDuration>>,
     retries: Option<Spanned<u32>>,
     request_timeout: Option<Spanned<HumanDuration>>,
@@ -217,8 +252,42 @@ impl RawService {
             }
             Some(r) => *r.get_ref(),
         };
+        let balance = self.balance.unwrap_or(defaults.balance);
+        let hash_key = match (&self.hash_key, balance) {
+            (None, Balance::Hash) => Some(HashKey::ClientIp),
+            (None, _) => None,
+            (Some(k), Balance::Hash) if protocol == Protocol::Tcp && !k.get_ref().works_for_tcp() => {
+                return Err(key.at(
+                    "hash_key",
+                    k,
+                    format!(
+                        "hash_key = \"{}\" needs protocol = \"http\"; a TCP listener can only hash \"client_ip\"",
+                        k.get_ref()
+                    ),
+                ))
+            }
+            (Some(k), Balance::Hash) => Some(k.get_ref().clone()),
+            (Some(k), _) => {
+                return Err(key.at(
+                    "hash_key",
+                    k,
+                    "hash_key applies only to balance = \"hash\"",
+                ))
+            }
+        };
         let route = RouteConfig {
-            balance: self.balance.unwrap_or(defaults.balance),
+            balance,
+            hash_key,
+            outlier: self
+                .outlier
+                .unwrap_or_default()
+                .validate(&key.field("outlier"))?,
+            min_local: within(
+                self.min_local.as_ref(),
+                &key.field("min_local"),
+                0..MAX_MIN_LOCAL + 1,
+                defaults.min_local as u64,
+            )? as usize,
             connect_timeout: duration(
                 self.connect_timeout.as_ref(),
                 &key.field("connect_timeout"),
@@ -251,8 +320,13 @@ impl RawService {
                 Some(format!("{raw}/"))
             }
         };
+        let health = match &self.health {
+            None => None,
+            Some(h) => h.validate(&key.field("health"))?,
+        };
         Ok(ServiceConfig {
             key: key_prefix,
+            health,
             limits: RawLimits {
                 max_connections: self.max_connections.as_ref(),
                 idle_timeout: self.idle_timeout.as_ref(),

@@ -1,30 +1,36 @@
 //! The one failure path of the data plane: which instances a connection or request tries, in
-//! what order, and what a failed connect counts and logs.
+//! what order, and what a failed connect counts, logs and does to its instance.
 
 use std::fmt::Display;
+use std::sync::Arc;
 
 use tracing::{debug, warn};
 
 use super::error::ProxyError;
+use super::judge::{judge, Outcome};
 use super::metrics::ListenerMetrics;
 use crate::addr::Addr;
-use crate::balance::Balance;
-use crate::snapshot::{Pick, Retries, ServiceCell};
+use crate::snapshot::{InFlight, InstanceState, Retries, ServiceCell};
 use crate::throttle::Throttle;
 
 /// The instances one connection or request may try: the picked one, then up to `retries`
 /// others, each at most once, spread so a dead instance's share goes to every survivor.
+///
+/// Every outcome is recorded on the instance tried, so a blackholed instance is ejected after
+/// `consecutive_failures` slow connects, however many clients they are spread over.
 pub(crate) struct Attempts<'a> {
     /// The service's cell.
-    cell: &'a ServiceCell,
+    cell: &'a Arc<ServiceCell>,
     /// The service, for errors and logs.
     service: &'a str,
     /// The listener's counters.
     metrics: &'a ListenerMetrics,
     /// Throttles connect-failure warnings.
     throttle: &'a Throttle,
-    /// The first choice.
-    pick: Pick,
+    /// The first choice, for the retry order.
+    pick: crate::snapshot::Pick,
+    /// The instance being tried now.
+    current: Arc<InstanceState>,
     /// How many instances may be tried in all.
     limit: usize,
     /// How many have failed.
@@ -36,11 +42,9 @@ pub(crate) struct Attempts<'a> {
 /// What a listener needs to start attempts for one service.
 pub(crate) struct Target<'a> {
     /// The service's cell.
-    pub(crate) cell: &'a ServiceCell,
+    pub(crate) cell: &'a Arc<ServiceCell>,
     /// The service name.
     pub(crate) service: &'a str,
-    /// The picking policy.
-    pub(crate) balance: Balance,
     /// Other instances tried after a failed connect.
     pub(crate) retries: u32,
     /// Throttles connect-failure warnings.
@@ -48,15 +52,17 @@ pub(crate) struct Target<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// Picks the first instance to try.
+    /// Picks the first instance to try; `key` is the connection's or request's hash for the
+    /// hash policy.
     ///
     /// # Errors
-    /// [`ProxyError::NoInstances`] when the service has none.
+    /// [`ProxyError::NoInstances`] when the service has none usable.
     pub(crate) fn start(
         target: &Target<'a>,
         metrics: &'a ListenerMetrics,
+        key: Option<u64>,
     ) -> Result<(Attempts<'a>, Addr), ProxyError> {
-        let Some(pick) = target.cell.pick(target.balance) else {
+        let Some(pick) = target.cell.pick(key) else {
             return Err(ProxyError::NoInstances {
                 service: target.service.to_string(),
             });
@@ -69,6 +75,7 @@ impl<'a> Attempts<'a> {
                 metrics,
                 throttle: target.throttle,
                 limit: pick.candidates.min(target.retries as usize + 1),
+                current: Arc::clone(&pick.state),
                 pick,
                 failed: 0,
                 rest: None,
@@ -80,6 +87,34 @@ impl<'a> Attempts<'a> {
     /// Whether the current attempt is the last one allowed.
     pub(crate) fn is_last(&self) -> bool {
         self.failed + 1 >= self.limit
+    }
+
+    /// Counts the current attempt in flight on its instance until the guard is dropped.
+    pub(crate) fn begin(&self) -> InFlight {
+        self.current.begin()
+    }
+
+    /// Records that the connect to `addr` succeeded.
+    pub(crate) fn connected(&self, addr: &Addr) {
+        judge(
+            self.cell,
+            self.service,
+            addr,
+            &self.current,
+            Outcome::Connected,
+        );
+    }
+
+    /// Records that `addr` answered an HTTP request with `status`.
+    pub(crate) fn answered(&self, addr: &Addr, status: http::StatusCode) {
+        let server_error = matches!(status.as_u16(), 502..=504);
+        judge(
+            self.cell,
+            self.service,
+            addr,
+            &self.current,
+            Outcome::Answered(server_error),
+        );
     }
 
     /// Records that connecting to `addr` failed with `cause`, and says where to go next.
@@ -94,11 +129,19 @@ impl<'a> Attempts<'a> {
         } else {
             debug!(service = self.service, %addr, error = %cause, "connect to instance failed");
         }
+        judge(
+            self.cell,
+            self.service,
+            addr,
+            &self.current,
+            Outcome::ConnectFailed,
+        );
         self.failed += 1;
         if self.failed < self.limit {
             let (cell, pick) = (self.cell, &self.pick);
             let rest = self.rest.get_or_insert_with(|| cell.retries(pick));
-            if let Some(next) = rest.next() {
+            if let Some((next, state)) = rest.next() {
+                self.current = state;
                 return Ok(next);
             }
             if rest.service_is_empty() {

@@ -14,10 +14,10 @@ use super::failover::{Attempts, Target};
 use super::metrics::{Active, ListenerMetrics};
 use crate::accept::{accept_loop, Caps};
 use crate::addr::Addr;
-use crate::balance::Balance;
+use crate::balance::hash;
 use crate::net::{dial, OwnAddrs};
 use crate::registry::ServiceName;
-use crate::snapshot::ServiceCell;
+use crate::snapshot::{InFlight, ServiceCell};
 use crate::throttle::Throttle;
 
 /// What a TCP listener needs to forward one connection.
@@ -26,8 +26,8 @@ pub(crate) struct TcpProxy {
     pub(crate) service: ServiceName,
     /// The service's snapshot cell, resolved once when the listener starts.
     pub(crate) cell: Arc<ServiceCell>,
-    /// The picking policy.
-    pub(crate) balance: Balance,
+    /// Whether the hash policy picks by the client's IP address.
+    pub(crate) hash_client_ip: bool,
     /// Time allowed for each connect.
     pub(crate) connect_timeout: Duration,
     /// Other instances tried after a failed connect.
@@ -68,7 +68,7 @@ impl TcpProxy {
         self.metrics.accepted.inc();
         let _active = Active::new(&self.metrics.active);
         let _ = inbound.set_nodelay(true);
-        let (mut outbound, addr) = match self.connect().await {
+        let (mut outbound, addr, _inflight) = match self.connect(peer).await {
             Ok(connected) => connected,
             Err(e) => {
                 e.count(&self.metrics);
@@ -89,18 +89,23 @@ impl TcpProxy {
 
     /// Connects to an instance, failing over while nothing has been sent: the client never
     /// notices a dead instance.
-    async fn connect(&self) -> Result<(TcpStream, Addr), ProxyError> {
+    /// The connection stays counted in flight on its instance until the guard is dropped.
+    async fn connect(&self, peer: SocketAddr) -> Result<(TcpStream, Addr, InFlight), ProxyError> {
         let target = Target {
             cell: &self.cell,
             service: &self.service,
-            balance: self.balance,
             retries: self.retries,
             throttle: &self.throttle,
         };
-        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics)?;
+        let key = self.hash_client_ip.then(|| hash::ip(peer.ip()));
+        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics, key)?;
         loop {
+            let inflight = attempts.begin();
             match dial(&addr, self.connect_timeout, &self.own).await {
-                Ok(stream) => return Ok((stream, addr)),
+                Ok(stream) => {
+                    attempts.connected(&addr);
+                    return Ok((stream, addr, inflight));
+                }
                 Err(e) => addr = attempts.failed(&addr, &e)?,
             }
         }

@@ -1,45 +1,72 @@
-//! One service's routing state: its current snapshot, its round-robin position, and the order in
-//! which a failed pick tries the other instances.
+//! One service's routing state: its current snapshot (instances, their live states, and the
+//! table picks read), its policy, its round-robin positions, and the order in which a failed pick
+//! tries the others.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use super::state::{InstanceState, Outlier};
 use crate::addr::Addr;
-use crate::balance::Balance;
+use crate::balance::{Balance, Table};
 use crate::instance::Instance;
 
-/// The instances of one service at one moment, sorted by id. Never changes once built.
+/// How a service's instances are picked and judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The picking policy.
+    pub balance: Balance,
+    /// When failing instances are ejected.
+    pub outlier: Outlier,
+    /// This node's zone: picks prefer instances of the same zone.
+    pub zone: Option<String>,
+    /// Local instances are preferred only while at least this many are usable.
+    pub min_local: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            balance: Balance::RoundRobin,
+            outlier: Outlier::default(),
+            zone: None,
+            min_local: 2,
+        }
+    }
+}
+
+/// The instances of one service at one moment, sorted by id, with the table picks read. Never
+/// changes once built: an ejection, a readmission or a failing check builds the next one.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Tells successive snapshots of one cell apart, so a retry knows whether the index it
+    /// Tells successive instance sets of one cell apart, so a retry knows whether the index it
     /// started from still points at the same instance.
     version: u64,
     /// The instances, in id order.
     instances: Box<[Arc<Instance>]>,
-    /// The instances' addresses, in the same order, side by side so a pick reads one cache line
-    /// instead of chasing a pointer per instance.
+    /// Their live states, in the same order; shared with the snapshots before and after.
+    states: Box<[Arc<InstanceState>]>,
+    /// The instances' addresses, side by side so a pick reads one cache line instead of chasing
+    /// a pointer per instance.
     addrs: Box<[Addr]>,
+    /// The policy the table was built for.
+    balance: Balance,
+    /// Which instances a pick may return, and how.
+    table: Table,
+    /// Whether fewer than half the instances are usable, so ejections and checks are ignored.
+    panic: bool,
 }
 
 impl Snapshot {
-    /// A snapshot of `instances`, which must be sorted by id with no id twice.
-    fn from_sorted(version: u64, instances: Vec<Arc<Instance>>) -> Snapshot {
-        debug_assert!(
-            instances.windows(2).all(|w| w[0].id < w[1].id),
-            "snapshot instances must be sorted by id and distinct"
-        );
-        Snapshot {
-            version,
-            addrs: instances.iter().map(|i| i.endpoint.addr.clone()).collect(),
-            instances: instances.into(),
-        }
-    }
-
     /// The instances, in id order.
     pub fn instances(&self) -> &[Arc<Instance>] {
         &self.instances
+    }
+
+    /// The instances' live states, in the same order.
+    pub fn states(&self) -> &[Arc<InstanceState>] {
+        &self.states
     }
 
     /// The number of instances.
@@ -47,39 +74,64 @@ impl Snapshot {
         self.instances.len()
     }
 
-    /// Whether the service has no instance to route to.
+    /// Whether the service has no instance at all.
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
     }
+
+    /// How many instances a pick may return now.
+    pub fn usable(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether instance `index` may be picked now.
+    pub fn is_usable(&self, index: usize) -> bool {
+        self.table.pickable().binary_search(&(index as u32)).is_ok()
+    }
+
+    /// Whether too few instances are usable, so every one is picked regardless.
+    pub fn in_panic(&self) -> bool {
+        self.panic
+    }
 }
 
-/// The first instance chosen for a connection or request, and where the choice was made.
+/// The first instance chosen for a connection or request.
 #[derive(Debug, Clone)]
 pub struct Pick {
     /// The chosen instance's address.
     pub addr: Addr,
+    /// Its live state, for the outcome and the in-flight count.
+    pub state: Arc<InstanceState>,
     /// Its index in the snapshot it was picked from.
     pub index: usize,
-    /// How many instances the service had when picked.
+    /// How many instances could have been picked.
     pub candidates: usize,
     /// The version of that snapshot.
     version: u64,
 }
 
-/// The routing state of one service: its current snapshot and its round-robin positions.
+/// The routing state of one service.
 ///
 /// Listeners resolve their cell once at start and keep it; the cell outlives any snapshot.
 #[derive(Debug, Default)]
 pub struct ServiceCell {
-    /// The current instances; replaced whole on every real change.
+    /// The current instances; replaced whole on every change.
     snapshot: ArcSwap<Snapshot>,
+    /// How instances are picked and judged.
+    policy: ArcSwap<Policy>,
     /// Round-robin position, kept across snapshot swaps so a change does not restart the cycle.
     next: AtomicUsize,
     /// Where the next failed pick starts trying the others, so a dead instance's share is
     /// spread over every survivor instead of landing on its neighbour.
     retry_next: AtomicUsize,
-    /// The version of the last snapshot published.
+    /// The version of the last instance set published.
     versions: AtomicU64,
+    /// Serializes snapshot builds (never taken on the pick path).
+    building: Mutex<()>,
+    /// Ejections since cairn started.
+    ejections: AtomicU64,
+    /// Active health checks since cairn started: passed, failed.
+    checks: [AtomicU64; 2],
 }
 
 impl ServiceCell {
@@ -89,69 +141,238 @@ impl ServiceCell {
         self.snapshot.load()
     }
 
-    /// Picks the first instance to try: one arc-swap load and one counter step or RNG draw. The
-    /// address is copied out, so nothing of the snapshot is held afterwards.
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Sets how instances are picked and judged, and rebuilds the table for it.
+    pub fn configure(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+        self.rebuild();
+    }
+
+    /// Picks the first instance to try: one arc-swap load, one counter step or a random draw or
+    /// two (or a hash lookup when `key` is given to the hash policy), and a table read.
     ///
-    /// Returns `None` when the service has no instances.
+    /// Returns `None` when no instance may be picked.
     #[inline]
-    pub fn pick(&self, balance: Balance) -> Option<Pick> {
+    pub fn pick(&self, key: Option<u64>) -> Option<Pick> {
         let snapshot = self.snapshot.load();
-        let len = snapshot.len();
-        if len == 0 {
-            return None;
-        }
-        let index = balance.start(len, &self.next);
+        let states = &snapshot.states;
+        let index = snapshot
+            .table
+            .pick(snapshot.balance, &self.next, key, |i| {
+                states[i as usize].inflight()
+            })? as usize;
         Some(Pick {
             addr: snapshot.addrs[index].clone(),
+            state: Arc::clone(&states[index]),
             index,
-            candidates: len,
+            candidates: snapshot.table.len(),
             version: snapshot.version,
         })
     }
 
-    /// The other instances to try after `pick` failed, each once, from the current snapshot (so
-    /// an instance removed meanwhile is not tried).
+    /// The other usable instances to try after `pick` failed, each once, from the current
+    /// snapshot (so an instance removed or ejected meanwhile is not tried).
     ///
     /// Successive calls start at successive instances after the failed one, so the retries of
     /// a dead instance are shared evenly by every other instance.
     pub fn retries(&self, pick: &Pick) -> Retries {
         let snapshot = self.snapshot.load_full();
-        let len = snapshot.len();
         let failed = if snapshot.version == pick.version {
             Some(pick.index)
         } else {
             snapshot.addrs.iter().position(|a| *a == pick.addr)
         };
-        let others = len - usize::from(failed.is_some());
+        let pickable = snapshot.table.pickable();
+        let failed_at = failed.and_then(|f| pickable.binary_search(&(f as u32)).ok());
+        let others = pickable.len() - usize::from(failed_at.is_some());
+        let base = match failed_at {
+            Some(p) => p + 1,
+            // The failed instance is not pickable now: walk them all, from about where it was.
+            None => pickable.partition_point(|&i| (i as usize) < pick.index),
+        };
         let offset = match others {
             0 => 0,
             n => self.retry_next.fetch_add(1, Ordering::Relaxed) % n,
         };
         Retries {
-            // Without the failed instance in this snapshot, walk every instance from its index.
-            base: failed.map_or(pick.index, |i| i + 1),
             snapshot,
+            base,
             others,
             offset,
             step: 0,
         }
     }
 
-    /// Swaps in `instances` (sorted by id, distinct) as the service's new snapshot.
+    /// Ejects the instance whose state is `state` if the service can spare it (at most
+    /// `max_ejection_percent` of its instances, at least one), from `now` for base x
+    /// ejections-in-a-row scaled by `jitter`. Returns when the ejection ends.
+    pub fn eject(&self, state: &Arc<InstanceState>, now: u64, jitter: f64) -> Option<u64> {
+        let policy = self.policy.load();
+        let until = {
+            let _building = self.lock();
+            let snapshot = self.snapshot.load();
+            let total = snapshot.states.len();
+            let ejected = snapshot
+                .states
+                .iter()
+                .filter(|s| s.ejected_until().is_some())
+                .count();
+            let allowed = (total * policy.outlier.max_ejection_percent as usize / 100).max(1);
+            if ejected >= allowed {
+                return None;
+            }
+            state.eject(now, &policy.outlier, jitter)?
+        };
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.rebuild();
+        Some(until)
+    }
+
+    /// Ejections since cairn started.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts one active health check of an instance.
+    pub fn count_check(&self, passed: bool) {
+        self.checks[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Active health checks since cairn started: passed, failed.
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.checks[0].load(Ordering::Relaxed),
+            self.checks[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Ends the ejections that are over at `now` (those instances go on probation) and returns
+    /// how many ended.
+    pub fn expire(&self, now: u64) -> usize {
+        let ended = self
+            .snapshot
+            .load()
+            .states
+            .iter()
+            .filter(|s| s.expire(now))
+            .count();
+        if ended > 0 {
+            self.rebuild();
+        }
+        ended
+    }
+
+    /// Rebuilds the table from the current instances and their states (after an ejection, a
+    /// readmission, a check flipping, or a new policy).
+    pub fn rebuild(&self) {
+        let _building = self.lock();
+        let current = self.snapshot.load_full();
+        let snapshot = build(
+            current.version,
+            current.instances.to_vec(),
+            current.states.to_vec(),
+            &self.policy.load(),
+        );
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Swaps in `instances` (sorted by id, distinct) as the service's new instance set. An
+    /// instance already known at the same address keeps its state; others start fresh.
     pub(super) fn publish(&self, instances: Vec<Arc<Instance>>) {
+        let _building = self.lock();
+        let current = self.snapshot.load_full();
+        let states: Vec<Arc<InstanceState>> = instances
+            .iter()
+            .map(|new| {
+                current
+                    .instances
+                    .binary_search_by(|old| old.id.as_str().cmp(&new.id))
+                    .ok()
+                    .filter(|&i| current.instances[i].endpoint.addr == new.endpoint.addr)
+                    .map_or_else(InstanceState::new, |i| Arc::clone(&current.states[i]))
+            })
+            .collect();
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        self.snapshot
-            .store(Arc::new(Snapshot::from_sorted(version, instances)));
+        let snapshot = build(version, instances, states, &self.policy.load());
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.building
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// The instances a failed pick tries next: every other instance once, in an order that starts
-/// at a different one each time. See [`ServiceCell::retries`].
+/// A snapshot of `instances` (sorted by id, distinct) with `states`, and the table of the usable
+/// ones: weight above zero, not ejected, checks passing; or, when fewer than half are usable,
+/// every instance with weight (a panic: better a failing instance than none). With a zone,
+/// local instances only, while enough of them are usable.
+fn build(
+    version: u64,
+    instances: Vec<Arc<Instance>>,
+    states: Vec<Arc<InstanceState>>,
+    policy: &Policy,
+) -> Snapshot {
+    debug_assert!(
+        instances.windows(2).all(|w| w[0].id < w[1].id),
+        "snapshot instances must be sorted by id and distinct"
+    );
+    let eligible: Vec<u32> = (0..instances.len() as u32)
+        .filter(|&i| instances[i as usize].endpoint.weight > 0)
+        .collect();
+    let usable: Vec<u32> = eligible
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let s = &states[i as usize];
+            s.ejected_until().is_none() && !s.checks_failing()
+        })
+        .collect();
+    let panic = usable.len() * 2 < eligible.len();
+    let mut candidates = if panic { eligible } else { usable };
+    if let Some(zone) = &policy.zone {
+        let local: Vec<u32> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| instances[i as usize].endpoint.zone.as_deref() == Some(zone.as_str()))
+            .collect();
+        if !local.is_empty() && (local.len() >= policy.min_local || local.len() == candidates.len())
+        {
+            candidates = local;
+        }
+    }
+    let weights: Vec<u32> = candidates
+        .iter()
+        .map(|&i| instances[i as usize].endpoint.weight)
+        .collect();
+    let ids: Vec<&str> = candidates
+        .iter()
+        .map(|&i| instances[i as usize].id.as_str())
+        .collect();
+    let table = Table::build(policy.balance, candidates.clone(), weights, &ids);
+    Snapshot {
+        version,
+        addrs: instances.iter().map(|i| i.endpoint.addr.clone()).collect(),
+        instances: instances.into(),
+        states: states.into(),
+        balance: policy.balance,
+        table,
+        panic,
+    }
+}
+
+/// The instances a failed pick tries next: every other usable instance once, in an order that
+/// starts at a different one each time. See [`ServiceCell::retries`].
 #[derive(Debug)]
 pub struct Retries {
     /// The snapshot the order was taken from.
     snapshot: Arc<Snapshot>,
-    /// The index the cyclic walk starts from (the one after the failed instance).
+    /// The position in the pickable list the cyclic walk starts from.
     base: usize,
     /// How many instances the walk visits.
     others: usize,
@@ -162,113 +383,30 @@ pub struct Retries {
 }
 
 impl Retries {
-    /// Whether the service had no instance at all when the retries were taken.
+    /// Whether the service had no usable instance at all when the retries were taken.
     pub fn service_is_empty(&self) -> bool {
-        self.snapshot.is_empty()
+        self.snapshot.table.is_empty()
     }
 }
 
 impl Iterator for Retries {
-    type Item = Addr;
+    type Item = (Addr, Arc<InstanceState>);
 
-    fn next(&mut self) -> Option<Addr> {
+    fn next(&mut self) -> Option<Self::Item> {
         if self.step >= self.others {
             return None;
         }
-        let len = self.snapshot.len();
-        let index = (self.base + (self.offset + self.step) % self.others) % len;
+        let pickable = self.snapshot.table.pickable();
+        let position = (self.base + (self.offset + self.step) % self.others) % pickable.len();
         self.step += 1;
-        Some(self.snapshot.addrs[index].clone())
+        let index = pickable[position] as usize;
+        Some((
+            self.snapshot.addrs[index].clone(),
+            Arc::clone(&self.snapshot.states[index]),
+        ))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inst(id: &str, addr: &str) -> Arc<Instance> {
-        Instance::plain(id, addr)
-    }
-
-    fn cell(n: usize) -> ServiceCell {
-        let cell = ServiceCell::default();
-        cell.publish(
-            (0..n)
-                .map(|i| inst(&format!("i{i}"), &format!("10.0.0.{i}:80")))
-                .collect(),
-        );
-        cell
-    }
-
-    fn port_of(a: &Addr) -> String {
-        a.to_string()
-    }
-
-    #[test]
-    fn picks_follow_the_policy() {
-        let empty = ServiceCell::default();
-        assert!(empty.pick(Balance::RoundRobin).is_none());
-        let c = cell(3);
-        let firsts: Vec<String> = (0..6)
-            .map(|_| port_of(&c.pick(Balance::RoundRobin).unwrap().addr))
-            .collect();
-        assert_eq!(
-            firsts,
-            ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"].repeat(2)
-        );
-    }
-
-    #[test]
-    fn retries_visit_every_other_instance_once() {
-        let c = cell(4);
-        for _ in 0..8 {
-            let p = c.pick(Balance::RoundRobin).unwrap();
-            let mut seen: Vec<String> = c.retries(&p).map(|a| port_of(&a)).collect();
-            assert_eq!(seen.len(), 3);
-            assert!(!seen.contains(&port_of(&p.addr)), "{seen:?}");
-            seen.sort();
-            seen.dedup();
-            assert_eq!(seen.len(), 3);
-        }
-    }
-
-    #[test]
-    fn a_dead_instances_share_is_split_evenly() {
-        let c = cell(3);
-        let dead = port_of(&c.load().addrs[0]);
-        let mut served = std::collections::HashMap::<String, usize>::new();
-        for _ in 0..300 {
-            let p = c.pick(Balance::RoundRobin).unwrap();
-            let addr = if port_of(&p.addr) == dead {
-                c.retries(&p).next().unwrap()
-            } else {
-                p.addr
-            };
-            *served.entry(port_of(&addr)).or_default() += 1;
-        }
-        assert_eq!(served.get(&dead), None);
-        assert_eq!(served.values().copied().collect::<Vec<_>>(), [150, 150]);
-    }
-
-    #[test]
-    fn retries_after_a_swap_skip_the_failed_address_and_removed_instances() {
-        let c = cell(3);
-        let p = c.pick(Balance::RoundRobin).unwrap();
-        assert_eq!(port_of(&p.addr), "10.0.0.0:80");
-        // The failed instance moved to another index; one more instance came.
-        c.publish(vec![
-            inst("a", "10.0.0.9:80"),
-            inst("i0", "10.0.0.0:80"),
-            inst("i2", "10.0.0.2:80"),
-        ]);
-        let mut rest: Vec<String> = c.retries(&p).map(|a| port_of(&a)).collect();
-        rest.sort();
-        assert_eq!(rest, ["10.0.0.2:80", "10.0.0.9:80"]);
-        // Every instance gone: nothing to retry.
-        c.publish(Vec::new());
-        assert_eq!(c.retries(&p).count(), 0);
-        // Only the failed one left: nothing else to try.
-        c.publish(vec![inst("i0", "10.0.0.0:80")]);
-        assert_eq!(c.retries(&p).count(), 0);
-    }
-}
+#[path = "cell_tests.rs"]
+mod tests;

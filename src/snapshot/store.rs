@@ -40,15 +40,18 @@ impl Store {
 
     /// Every service with its current snapshot, sorted by name.
     pub fn snapshots(&self) -> Vec<(String, Arc<Snapshot>)> {
+        self.cells()
+            .into_iter()
+            .map(|(name, cell)| (name, arc_swap::Guard::into_inner(cell.load())))
+            .collect()
+    }
+
+    /// Every service with its cell, sorted by name.
+    pub fn cells(&self) -> Vec<(String, Arc<ServiceCell>)> {
         let mut all: Vec<_> = self
             .services
             .iter()
-            .map(|e| {
-                (
-                    e.key().clone(),
-                    arc_swap::Guard::into_inner(e.value().load()),
-                )
-            })
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all

@@ -39,7 +39,10 @@ async fn initial_sync_makes_registered_instances_routable() {
     assert_eq!(doc["revision"], json!(rev), "{doc}");
     assert_eq!(
         doc["services"]["orders"]["instances"],
-        json!([{"id": "orders-1", "addr": up.addr.to_string(), "weight": 1, "zone": null, "metadata": {}}])
+        json!([{
+            "id": "orders-1", "addr": up.addr.to_string(), "weight": 1, "zone": null,
+            "metadata": {}, "state": "healthy", "usable": true, "inflight": 0,
+        }])
     );
     assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("orders-1"));
 }
@@ -182,12 +185,13 @@ async fn all_three_value_formats_are_routable() {
     );
     assert_eq!(j["metadata"], json!({"version": "1.4.2"}));
 
+    // The JSON instance's weight 3 counts: it serves three of every five connections.
     let mut seen: Vec<String> = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         seen.push(greeting(cairn.listen(0)).await.expect("a greeting"));
     }
     seen.sort();
-    assert_eq!(seen, ["endpoints", "json", "plain"]);
+    assert_eq!(seen, ["endpoints", "json", "json", "json", "plain"]);
 }
 
 #[tokio::test]

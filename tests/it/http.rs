@@ -292,7 +292,9 @@ async fn failures_answer_502_503_504_404_with_one_line() {
 
 #[tokio::test]
 async fn a_dead_instance_fails_no_bodyless_request_and_no_post_is_sent_twice() {
-    let s = setup(&["live"], "", "").await;
+    // Ejection off, so every request whose first pick is the dead instance fails over (the
+    // ejection tests cover the dead instance leaving the rotation).
+    let s = setup(&["live"], "[service.outlier]\nconsecutive_failures = 0", "").await;
     let mut kv = s.etcd.client().await;
     kv.put(
         "/services/web/a-dead",

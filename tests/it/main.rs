@@ -8,6 +8,7 @@ mod support;
 mod check;
 mod cluster;
 mod discovery;
+mod ejection;
 mod floods;
 mod hostile;
 mod http;

@@ -83,7 +83,10 @@ async fn a_closed_port_fails_over_without_the_client_noticing() {
     kv.put("/services/f/b-live", live.addr.to_string(), None)
         .await
         .unwrap();
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &["f"], "")).await;
+    // Ejection off, so every other first pick is the dead instance and fails over (the ejection
+    // tests cover the dead instance leaving the rotation).
+    let no_ejection = "[service.outlier]\nconsecutive_failures = 0";
+    let cairn = Cairn::start(&config(&etcd.endpoint(), &["f"], no_ejection)).await;
     cairn.wait_instances("f", &["a-dead", "b-live"], SOON).await;
     for i in 0..20 {
         assert_eq!(

@@ -257,8 +257,21 @@ impl Cairn {
 
 /// A minimal HTTP/1.0 GET: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[]).await
+}
+
+/// A minimal HTTP/1.0 GET with extra `headers`: status and body.
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cairn\r\n\r\n").as_bytes())
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cairn\r\n{extra}\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(patient(Duration::from_secs(5)), s.read_to_end(&mut buf))

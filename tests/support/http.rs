@@ -20,9 +20,15 @@ pub struct PyUpstream {
 impl PyUpstream {
     /// Starts an upstream that answers with `name`.
     pub fn start(name: &str) -> PyUpstream {
+        PyUpstream::start_with(name, &[])
+    }
+
+    /// Starts an upstream with options: `--port P`, `--delay-ms N`.
+    pub fn start_with(name: &str, options: &[&str]) -> PyUpstream {
         let mut child = Command::new("python3")
             .arg(script("upstream.py"))
             .arg(name)
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

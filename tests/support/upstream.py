@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """An HTTP/1.1 upstream for cairn's integration tests: a real program, killable like any other.
 
-Usage: upstream.py NAME  -- binds 127.0.0.1:0 and prints the port on the first line of stdout.
+Usage: upstream.py NAME [--port P] [--delay-ms N]
+  binds 127.0.0.1:P (0 by default) and prints the port on the first line of stdout; with
+  --delay-ms, waits N ms before every answer (a slow instance).
 
   GET  /              -> "NAME\n"
   GET  /headers       -> the request headers as JSON ({"name": ["value", ...]})
@@ -11,6 +13,7 @@ Usage: upstream.py NAME  -- binds 127.0.0.1:0 and prints the port on the first l
   HEAD any GET path   -> the GET headers, no body
   POST /echo          -> streams the body back (same Content-Length, or chunked if sent chunked)
   POST /post          -> counts the X-Request-Id header, answers "NAME\n"
+  GET  /healthz       -> 200 "ok", or 503 once POST /healthz/fail was sent (until /healthz/pass)
 """
 import base64
 import hashlib
@@ -22,6 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 NAME = sys.argv[1]
+OPTS = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+PORT = int(OPTS.get("--port", "0"))
+DELAY = int(OPTS.get("--delay-ms", "0")) / 1000
+HEALTHY = [True]
 POSTS = {}
 LOCK = threading.Lock()
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -69,7 +76,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         url = urlparse(self.path)
-        if url.path == "/headers":
+        if DELAY:
+            time.sleep(DELAY)
+        if url.path == "/healthz":
+            if HEALTHY[0]:
+                self.reply(200, b"ok\n")
+            else:
+                self.reply(503, b"failing\n")
+        elif url.path == "/headers":
             headers = {}
             for k, v in self.headers.items():
                 headers.setdefault(k.lower(), []).append(v)
@@ -106,6 +120,9 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(data)
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
+        elif url.path in ("/healthz/fail", "/healthz/pass"):
+            HEALTHY[0] = url.path.endswith("pass")
+            self.reply(200, b"ok\n")
         elif url.path == "/post":
             for _ in self.body_chunks():
                 pass
@@ -144,7 +161,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 server.daemon_threads = True
 print(server.server_address[1], flush=True)
 server.serve_forever()

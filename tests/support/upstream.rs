@@ -22,9 +22,17 @@ pub struct Tagged {
 impl Tagged {
     /// Starts a tagged server on an ephemeral loopback port.
     pub async fn start(name: &str) -> Tagged {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding an upstream");
+        Tagged::start_at(name, "127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Starts a tagged server on `addr` (a port that was free, or refused, until now).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Tagged {
+        let listener = TcpListener::bind(addr).await.expect("binding an upstream");
+        Tagged::serve(name, listener)
+    }
+
+    /// Greets every connection `listener` accepts, starting with those already queued.
+    pub fn serve(name: &str, listener: TcpListener) -> Tagged {
         let addr = listener.local_addr().expect("upstream address");
         let tag = format!("{name}\n");
         let task = tokio::spawn(async move {
@@ -59,6 +67,47 @@ impl Tagged {
 impl Drop for Tagged {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A listener that accepts nothing, with its one-connection queue full: connects to it are
+/// neither refused nor answered, like those to a host that vanished (they time out).
+pub struct Blackhole {
+    /// Where connects hang.
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    _filler: TcpStream,
+}
+
+impl Blackhole {
+    /// Binds an ephemeral loopback port with a backlog of 0 and fills its queue.
+    pub async fn start() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("binding a blackhole");
+        let listener = socket.listen(0).expect("listening");
+        let addr = listener.local_addr().expect("blackhole address");
+        let filler = TcpStream::connect(addr)
+            .await
+            .expect("filling the blackhole's queue");
+        // Linux queues one connection more than the backlog; make sure the next one hangs.
+        let probe =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+        assert!(
+            probe.is_err(),
+            "a connect to the blackhole did not hang: {probe:?}"
+        );
+        Blackhole {
+            addr,
+            listener,
+            _filler: filler,
+        }
+    }
+
+    /// The instance comes back: it starts accepting, as a tagged server named `name`.
+    pub fn recover(self, name: &str) -> Tagged {
+        Tagged::serve(name, self.listener)
     }
 }
 

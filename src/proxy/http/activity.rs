@@ -2,17 +2,13 @@
 //! HTTP/1.1's header timer covers a silent kept-alive connection; this covers HTTP/2, where a
 //! client that only answers pings would otherwise hold its connection slot forever.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::body::ProxyBody;
+use super::body::{Guarded, ProxyBody};
 
 /// The request activity of one client connection.
 #[derive(Debug)]
@@ -71,37 +67,7 @@ impl Activity {
 
 /// A response body that keeps its connection busy until it has been sent (or dropped), so a long
 /// download is never taken for an idle connection.
-#[derive(Debug)]
-pub(crate) struct Tracked {
-    body: ProxyBody,
-    _busy: Busy,
-}
-
-impl Tracked {
-    pub(crate) fn new(body: ProxyBody, busy: Busy) -> Tracked {
-        Tracked { body, _busy: busy }
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+pub(crate) type Tracked = Guarded<ProxyBody, Busy>;
 
 impl Drop for Busy {
     fn drop(&mut self) {

@@ -100,3 +100,40 @@ impl Body for RequestBody {
         }
     }
 }
+
+/// A body that holds `G` until it has been sent or dropped: a request in flight on an instance,
+/// or a client connection kept busy by a long download.
+#[derive(Debug)]
+pub(crate) struct Guarded<B, G> {
+    body: B,
+    _guard: G,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub(crate) fn new(body: B, guard: G) -> Guarded<B, G> {
+        Guarded {
+            body,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,7 +1,6 @@
 //! Forwarding one request: pick an instance, send, fail over while nothing has been sent, and
 //! answer failures with a one-line text of cairn's own.
 
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -14,15 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::body::{ProxyBody, Reclaimable, RequestBody};
+use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
 use super::headers::{
-    forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED,
+    forwarded_headers, request_host, request_key, strip_hop_by_hop, upgrade_protocol, ALLOWED,
 };
 use super::routes::Route;
 use super::upgrade::tunnel;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failover::{Attempts, Target};
 use crate::proxy::metrics::ListenerMetrics;
+use crate::snapshot::InFlight;
 
 /// What one listener needs to forward requests.
 pub(crate) struct Forwarder {
@@ -78,11 +78,12 @@ impl Forwarder {
         let target = Target {
             cell: &route.cell,
             service: &route.service,
-            balance: route.config.balance,
             retries: route.config.retries,
             throttle: &route.throttle,
         };
-        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics)?;
+        let key =
+            (route.config.hash_key.as_ref()).and_then(|k| request_key(k, req.headers(), peer));
+        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics, key)?;
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -117,11 +118,15 @@ impl Forwarder {
                 upstream.headers_mut().insert(header::HOST, h);
             }
 
+            let inflight = attempts.begin();
             let sent =
                 tokio::time::timeout(route.config.request_timeout, route.client.request(upstream))
                     .await;
             let error = match sent {
-                Ok(Ok(resp)) => return self.respond(resp, client_upgrade, route),
+                Ok(Ok(resp)) => {
+                    attempts.answered(&addr, resp.status());
+                    return self.respond(resp, client_upgrade, route, inflight);
+                }
                 Err(_) => {
                     return Err(ProxyError::Timeout {
                         service: route.service.clone(),
@@ -133,14 +138,14 @@ impl Forwarder {
             };
             let reclaimable = body.as_ref().is_none_or(|b| !b.started());
             if !error.is_connect() || !reclaimable {
-                debug!(service = %route.service, %addr, error = %cause(&error), "upstream request failed");
+                debug!(service = %route.service, %addr, error = %crate::text::causes(&error), "upstream request failed");
                 return Err(ProxyError::Upstream {
                     service: route.service.clone(),
-                    cause: cause(&error),
+                    cause: crate::text::causes(&error),
                     addr,
                 });
             }
-            addr = attempts.failed(&addr, &cause(&error))?;
+            addr = attempts.failed(&addr, &crate::text::causes(&error))?;
         }
     }
 
@@ -150,6 +155,7 @@ impl Forwarder {
         mut resp: Response<Incoming>,
         client_upgrade: Option<OnUpgrade>,
         route: &Route,
+        inflight: InFlight,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
@@ -163,6 +169,7 @@ impl Forwarder {
                 &self.tunnels,
                 self.abort.clone(),
                 route.service.clone(),
+                inflight,
             ));
         }
         // A response framed both ways is framed by Transfer-Encoding (RFC 9112 §6.3): the
@@ -171,24 +178,7 @@ impl Forwarder {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(BodyExt::boxed))
-    }
-}
-
-/// The error chain below the client's generic "client error (Connect)", in one line.
-fn cause(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = e.source();
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
+        // The request stays in flight on its instance until the body has been sent.
+        Ok(resp.map(|body| Guarded::new(body, inflight).boxed()))
     }
 }

@@ -1,10 +1,37 @@
 //! Headers: what a proxy removes (hop-by-hop headers, both ways) and adds (X-Forwarded-*), and
-//! what it reads (the Host, an upgrade request).
+//! what it reads (the Host, an upgrade request, the key the hash policy hashes).
 
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
+
+use crate::balance::{hash, HashKey};
+
+/// The hash of what `key` names in a request from `peer`; `None` when the request lacks it (the
+/// pick then falls back to round robin). Several values of one header hash as one.
+pub(crate) fn request_key(key: &HashKey, headers: &HeaderMap, peer: SocketAddr) -> Option<u64> {
+    match key {
+        HashKey::ClientIp => Some(hash::ip(peer.ip())),
+        HashKey::Header(name) => {
+            let mut values = headers.get_all(name.as_str()).iter();
+            let first = values.next()?;
+            let mut h = hash::hash(first.as_bytes(), 0);
+            for more in values {
+                h = hash::hash(more.as_bytes(), h);
+            }
+            Some(h)
+        }
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| hash::hash(value.as_bytes(), 0)),
+    }
+}
 
 /// The host the client asked for: its Host header, or the authority of an HTTP/2 request.
 pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
@@ -171,6 +198,27 @@ mod tests {
         );
         assert_eq!(up[header::UPGRADE], "websocket");
         assert_eq!(up[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn hash_keys_come_from_the_header_the_cookie_or_the_peer() {
+        let peer: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=s42"));
+        let user = HashKey::Header("x-user".into());
+        let session = HashKey::Cookie("session".into());
+        assert_eq!(request_key(&user, &h, peer), Some(hash::hash(b"alice", 0)));
+        assert_eq!(request_key(&session, &h, peer), Some(hash::hash(b"s42", 0)));
+        assert_eq!(
+            request_key(&HashKey::ClientIp, &h, peer),
+            Some(hash::ip(peer.ip()))
+        );
+        assert_eq!(request_key(&HashKey::Cookie("sess".into()), &h, peer), None);
+        assert_eq!(
+            request_key(&HashKey::Header("x-other".into()), &h, peer),
+            None
+        );
     }
 
     #[test]

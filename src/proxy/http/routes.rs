@@ -50,6 +50,8 @@ pub(crate) struct Routes {
     clients: Mutex<HashMap<Duration, Upstream>>,
     /// cairn's own listeners, which no client ever dials.
     own: Arc<OwnAddrs>,
+    /// This node's zone, for the policy of discovered services.
+    zone: Option<String>,
 }
 
 impl Routes {
@@ -57,6 +59,7 @@ impl Routes {
     pub(crate) fn new<'a>(
         store: Arc<Store>,
         services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
+        zone: Option<String>,
         own: Arc<OwnAddrs>,
     ) -> Arc<Routes> {
         let mut routes = Routes {
@@ -65,6 +68,7 @@ impl Routes {
             discovered: DashMap::new(),
             clients: Mutex::new(HashMap::new()),
             own,
+            zone,
         };
         for (name, config) in services {
             let route = routes.make(name, config.clone());
@@ -88,7 +92,11 @@ impl Routes {
             return Some(Arc::clone(&route));
         }
         self.store.get(service)?;
-        let route = Arc::new(self.make(service, RouteConfig::default()));
+        // A service met only through a gateway gets the default policy, in this node's zone.
+        let config = RouteConfig::default();
+        let route = self.make(service, config.clone());
+        route.cell.configure(config.policy(self.zone.clone()));
+        let route = Arc::new(route);
         Some(Arc::clone(
             &self.discovered.entry(service.to_string()).or_insert(route),
         ))

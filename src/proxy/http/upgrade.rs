@@ -15,15 +15,17 @@ use tracing::debug;
 
 use super::body::ProxyBody;
 use super::headers::strip_hop_by_hop;
+use crate::snapshot::InFlight;
 
 /// Passes the instance's `101` on to the client and relays both upgraded connections on
-/// `tunnels` until either side closes or `abort` fires.
+/// `tunnels` until either side closes or `abort` fires; `inflight` is held as long.
 pub(crate) fn tunnel(
     mut resp: Response<Incoming>,
     client_side: OnUpgrade,
     tunnels: &TaskTracker,
     abort: CancellationToken,
     service: String,
+    inflight: InFlight,
 ) -> Response<ProxyBody> {
     let upstream_side = hyper::upgrade::on(&mut resp);
     let upgrade = resp.headers().get(header::UPGRADE).cloned();
@@ -34,6 +36,8 @@ pub(crate) fn tunnel(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     tunnels.spawn(async move {
+        // The tunnel counts as a request in flight on its instance for as long as it lasts.
+        let _inflight = inflight;
         let relay = async {
             let (client, upstream) = tokio::try_join!(client_side, upstream_side)?;
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));

@@ -1,0 +1,473 @@
+//! The tables a snapshot carries so that every policy picks in constant time: a smooth weighted
+//! schedule for round robin, an alias table for weighted draws, a Maglev table for hashing.
+
+use std::cmp::{Ordering as Cmp, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::hash::hash;
+use super::policy::Balance;
+
+/// The longest weighted round-robin schedule: weights are scaled down to fit, which keeps a
+/// table at 256 KiB whatever the weights.
+const MAX_SCHEDULE: u64 = 65_536;
+
+/// nginx's smooth weighted round robin costs one pass over the instances per slot; beyond this
+/// many steps the schedule is built by deadlines instead (as smooth, cheaper at scale).
+const SMOOTH_BUDGET: u64 = 1 << 22;
+
+/// The smallest Maglev table: a prime, and at least ten slots per instance for an even spread.
+const MAGLEV_MIN: usize = 65_537;
+
+/// Alias method tables for a weighted draw in O(1) (Vose).
+#[derive(Debug)]
+struct Alias {
+    /// Chance, out of 2^32, that a draw landing on a slot keeps it.
+    keep: Box<[u32]>,
+    /// Where a draw that does not keep its slot goes.
+    other: Box<[u32]>,
+}
+
+/// How picks are spread over a snapshot's pickable instances.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Instance indices a pick may return, in id order.
+    pickable: Box<[u32]>,
+    /// Their weights, all above zero.
+    weights: Box<[u32]>,
+    /// Round-robin order, as positions in `pickable`; none for a plain rotation (equal weights).
+    schedule: Option<Box<[u32]>>,
+    /// Weighted draws; none for uniform ones (equal weights).
+    alias: Option<Alias>,
+    /// Maglev lookup table, as positions in `pickable` (hash policy only).
+    ring: Option<Box<[u32]>>,
+}
+
+impl Table {
+    /// The table for `balance` over `pickable` instances with `weights` (above zero) and `ids`
+    /// (the hash policy places instances by id, so an address change keeps their keys).
+    pub fn build(balance: Balance, pickable: Vec<u32>, weights: Vec<u32>, ids: &[&str]) -> Table {
+        debug_assert_eq!(pickable.len(), weights.len());
+        let equal = weights.windows(2).all(|w| w[0] == w[1]);
+        let schedule = match balance {
+            Balance::RoundRobin | Balance::Hash if !equal => Some(schedule(&weights)),
+            _ => None,
+        };
+        let alias = match balance {
+            Balance::Random | Balance::LeastRequest if !equal => Some(alias(&weights)),
+            _ => None,
+        };
+        let ring = match balance {
+            Balance::Hash if !pickable.is_empty() => Some(maglev(&weights, ids)),
+            _ => None,
+        };
+        Table {
+            pickable: pickable.into(),
+            weights: weights.into(),
+            schedule,
+            alias,
+            ring,
+        }
+    }
+
+    /// The instance indices a pick may return.
+    pub fn pickable(&self) -> &[u32] {
+        &self.pickable
+    }
+
+    /// How many instances a pick may return.
+    pub fn len(&self) -> usize {
+        self.pickable.len()
+    }
+
+    /// Whether no instance may be picked.
+    pub fn is_empty(&self) -> bool {
+        self.pickable.is_empty()
+    }
+
+    /// Picks an instance index: `counter` is the service's round-robin position, `key` the hash
+    /// of the connection or request (the hash policy falls back to round robin without one),
+    /// `inflight` an instance's connections or requests in flight. `None` when empty.
+    #[inline]
+    pub fn pick(
+        &self,
+        balance: Balance,
+        counter: &AtomicUsize,
+        key: Option<u64>,
+        inflight: impl Fn(u32) -> u32,
+    ) -> Option<u32> {
+        let n = self.pickable.len();
+        if n == 0 {
+            return None;
+        }
+        let position = match (balance, key) {
+            (Balance::Hash, Some(key)) => self.lookup(key),
+            (Balance::RoundRobin | Balance::Hash, _) => self.next(counter),
+            (Balance::Random, _) => self.draw(),
+            (Balance::LeastRequest, _) => {
+                let (a, b) = (self.draw(), self.draw());
+                let load = |p: usize| u64::from(inflight(self.pickable[p]));
+                let weight = |p: usize| u64::from(self.weights[p]);
+                // Fewer in flight per unit of weight wins; cross-multiplied, so no division.
+                if load(b) * weight(a) < load(a) * weight(b) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(self.pickable[position])
+    }
+
+    #[inline]
+    fn next(&self, counter: &AtomicUsize) -> usize {
+        let step = counter.fetch_add(1, Ordering::Relaxed);
+        match &self.schedule {
+            None => step % self.pickable.len(),
+            Some(s) => s[step % s.len()] as usize,
+        }
+    }
+
+    #[inline]
+    fn draw(&self) -> usize {
+        let r: u64 = rand::random();
+        let n = self.pickable.len() as u64;
+        // Multiply-shift maps 32 random bits onto 0..n without a division.
+        let slot = (((r & 0xffff_ffff) * n) >> 32) as usize;
+        match &self.alias {
+            None => slot,
+            Some(a) if ((r >> 32) as u32) < a.keep[slot] => slot,
+            Some(a) => a.other[slot] as usize,
+        }
+    }
+
+    #[inline]
+    fn lookup(&self, key: u64) -> usize {
+        match &self.ring {
+            Some(ring) => ring[(key % ring.len() as u64) as usize] as usize,
+            None => (key % self.pickable.len() as u64) as usize,
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Weights divided by their common divisor, then scaled (keeping each at least 1) until they
+/// sum to at most `MAX_SCHEDULE`.
+fn reduced(weights: &[u32]) -> Vec<u64> {
+    let g = weights
+        .iter()
+        .fold(0u64, |g, w| gcd(g, u64::from(*w)))
+        .max(1);
+    let mut w: Vec<u64> = weights.iter().map(|w| u64::from(*w) / g).collect();
+    let total: u64 = w.iter().sum();
+    if total > MAX_SCHEDULE {
+        for x in &mut w {
+            *x = (*x * MAX_SCHEDULE / total).max(1);
+        }
+    }
+    w
+}
+
+/// A smooth weighted round-robin order: nginx's sequence (5, 1, 1 gives a a b a c a a) when it
+/// is cheap to compute, else the equally smooth deadline order.
+fn schedule(weights: &[u32]) -> Box<[u32]> {
+    let w = reduced(weights);
+    let total: u64 = w.iter().sum();
+    if total * w.len() as u64 <= SMOOTH_BUDGET {
+        let mut current = vec![0i64; w.len()];
+        let mut out = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            for (c, weight) in current.iter_mut().zip(&w) {
+                *c += *weight as i64;
+            }
+            let best = (0..w.len())
+                .max_by(|&a, &b| current[a].cmp(&current[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            current[best] -= total as i64;
+            out.push(best as u32);
+        }
+        return out.into();
+    }
+    Turns::new(&w).take(total as usize).collect()
+}
+
+/// One instance's next turn in deadline order.
+#[derive(PartialEq, Eq)]
+struct Turn {
+    /// The turn falls at num / den.
+    num: u64,
+    den: u64,
+    index: u32,
+}
+
+impl Ord for Turn {
+    fn cmp(&self, other: &Self) -> Cmp {
+        (u128::from(self.num) * u128::from(other.den))
+            .cmp(&(u128::from(other.num) * u128::from(self.den)))
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Turn {
+    fn partial_cmp(&self, other: &Self) -> Option<Cmp> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Instance positions in deadline order, endlessly: the k-th turn of instance i falls at
+/// (2k + 1) / (2 w_i), so each takes turns in proportion to its weight, evenly spread, at
+/// O(log n) a turn whatever the weights.
+struct Turns(BinaryHeap<Reverse<Turn>>);
+
+impl Turns {
+    /// Turns for `weights`, each above zero.
+    fn new(weights: &[u64]) -> Turns {
+        Turns(
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, weight)| {
+                    Reverse(Turn {
+                        num: 1,
+                        den: 2 * weight,
+                        index: i as u32,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Iterator for Turns {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let Reverse(turn) = self.0.pop()?;
+        let index = turn.index;
+        self.0.push(Reverse(Turn {
+            num: turn.num + 2,
+            ..turn
+        }));
+        Some(index)
+    }
+}
+
+/// Vose's alias tables for drawing position i with probability w_i / sum(w).
+fn alias(weights: &[u32]) -> Alias {
+    let n = weights.len();
+    let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+    let mut scaled: Vec<f64> = weights
+        .iter()
+        .map(|w| f64::from(*w) * n as f64 / total)
+        .collect();
+    let mut keep = vec![u32::MAX; n];
+    let mut other: Vec<u32> = (0..n as u32).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        keep[s] = (scaled[s] * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        other[s] = l as u32;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    Alias {
+        keep: keep.into(),
+        other: other.into(),
+    }
+}
+
+fn is_prime(n: usize) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// A weighted Maglev table: each instance fills free slots in its own pseudo-random order, in
+/// turns proportional to its weight, so a table change moves about 1/N of the keys.
+fn maglev(weights: &[u32], ids: &[&str]) -> Box<[u32]> {
+    let n = weights.len();
+    let mut m = MAGLEV_MIN.max(n * 10);
+    while !is_prime(m) {
+        m += 1;
+    }
+    let offsets: Vec<usize> = ids
+        .iter()
+        .map(|id| (hash(id.as_bytes(), 0x6d61_676c) % m as u64) as usize)
+        .collect();
+    let skips: Vec<usize> = ids
+        .iter()
+        .map(|id| (hash(id.as_bytes(), 0x736b_6970) % (m as u64 - 1)) as usize + 1)
+        .collect();
+    let weights: Vec<u64> = weights.iter().map(|w| u64::from(*w).max(1)).collect();
+    let mut next = vec![0usize; n];
+    let mut ring = vec![u32::MAX; m];
+    let mut filled = 0;
+    // Instances fill slots in turns proportional to their weights, each from its own order.
+    for i in Turns::new(&weights) {
+        let i = i as usize;
+        loop {
+            let slot = (offsets[i] + next[i] * skips[i]) % m;
+            next[i] += 1;
+            if ring[slot] == u32::MAX {
+                ring[slot] = i as u32;
+                filled += 1;
+                break;
+            }
+        }
+        if filled == m {
+            break;
+        }
+    }
+    ring.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(balance: Balance, weights: &[u32]) -> Table {
+        let ids: Vec<String> = (0..weights.len()).map(|i| format!("i{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Table::build(
+            balance,
+            (0..weights.len() as u32).collect(),
+            weights.to_vec(),
+            &refs,
+        )
+    }
+
+    fn spread(t: &Table, balance: Balance, picks: usize) -> Vec<usize> {
+        let counter = AtomicUsize::new(0);
+        let mut counts = vec![0; t.len()];
+        for _ in 0..picks {
+            counts[t.pick(balance, &counter, None, |_| 0).unwrap() as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn equal_weights_rotate_in_order_and_uneven_ones_follow_nginx() {
+        let counter = AtomicUsize::new(0);
+        let t = table(Balance::RoundRobin, &[1, 1, 1]);
+        let seq: Vec<u32> = (0..6)
+            .map(|_| t.pick(Balance::RoundRobin, &counter, None, |_| 0).unwrap())
+            .collect();
+        assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+        let t = table(Balance::RoundRobin, &[5, 1, 1]);
+        let counter = AtomicUsize::new(0);
+        let seq: Vec<u32> = (0..7)
+            .map(|_| t.pick(Balance::RoundRobin, &counter, None, |_| 0).unwrap())
+            .collect();
+        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "a a b a c a a");
+    }
+
+    #[test]
+    fn large_schedules_are_smooth_and_proportional() {
+        let weights: Vec<u32> = (0..5000).map(|i| 1 + (i % 3)).collect();
+        let s = schedule(&weights);
+        assert_eq!(s.len(), 5000 / 3 * 6 + 3);
+        let mut counts = vec![0u32; weights.len()];
+        for i in s.iter() {
+            counts[*i as usize] += 1;
+        }
+        assert!(counts.iter().zip(&weights).all(|(c, w)| c == w));
+        let heavy = weights
+            .iter()
+            .map(|w| u64::from(*w) * 40)
+            .collect::<Vec<_>>();
+        assert!(heavy.iter().sum::<u64>() > MAX_SCHEDULE);
+        let scaled = schedule(&weights.iter().map(|w| w * 40).collect::<Vec<_>>());
+        assert!(scaled.len() as u64 <= MAX_SCHEDULE + weights.len() as u64);
+    }
+
+    #[test]
+    fn weights_1_2_7_split_every_policy_within_2_percent() {
+        for balance in [Balance::RoundRobin, Balance::Random, Balance::LeastRequest] {
+            let t = table(balance, &[1, 2, 7]);
+            let counts = spread(&t, balance, 10_000);
+            for (c, want) in counts.iter().zip([1000, 2000, 7000]) {
+                assert!((*c as i64 - want).abs() <= 200, "{balance:?}: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded() {
+        let t = table(Balance::LeastRequest, &[1, 1]);
+        let counter = AtomicUsize::new(0);
+        let picks: Vec<u32> = (0..100)
+            .map(|_| {
+                t.pick(Balance::LeastRequest, &counter, None, |i| {
+                    if i == 0 {
+                        10
+                    } else {
+                        0
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        // Only a draw of instance 0 twice picks it: about a quarter of the time.
+        let zeros = picks.iter().filter(|p| **p == 0).count();
+        assert!(zeros < 45, "{zeros} of 100 went to the loaded instance");
+    }
+
+    #[test]
+    fn hashing_is_stable_and_moves_about_one_key_in_n() {
+        let ids: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let all = Table::build(Balance::Hash, (0..10).collect(), vec![1; 10], &refs);
+        let counter = AtomicUsize::new(0);
+        let owner = |t: &Table, k: u64, ids: &[&str]| {
+            ids[t
+                .pick(
+                    Balance::Hash,
+                    &counter,
+                    Some(hash(&k.to_be_bytes(), 0)),
+                    |_| 0,
+                )
+                .unwrap() as usize]
+                .to_string()
+        };
+        // Instance 3 leaves: its picks keep their positions, by id.
+        let rest: Vec<&str> = refs.iter().copied().filter(|id| *id != "i3").collect();
+        let fewer = Table::build(Balance::Hash, (0..9).collect(), vec![1; 9], &rest);
+        let mut moved = 0;
+        for k in 0..10_000u64 {
+            let before = owner(&all, k, &refs);
+            assert_eq!(before, owner(&all, k, &refs), "the same key moved");
+            let after = owner(&fewer, k, &rest);
+            if before != "i3" && before != after {
+                moved += 1;
+            }
+        }
+        assert!(moved < 500, "{moved} keys of other instances moved");
+        let counts = {
+            let mut c = vec![0usize; 10];
+            for k in 0..10_000u64 {
+                let o = owner(&all, k, &refs);
+                c[o[1..].parse::<usize>().unwrap()] += 1;
+            }
+            c
+        };
+        assert!(
+            counts.iter().all(|c| (800..=1200).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_table_picks_nothing() {
+        let t = Table::default();
+        assert!(t
+            .pick(Balance::RoundRobin, &AtomicUsize::new(0), None, |_| 0)
+            .is_none());
+    }
+}
