@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod balancing;
 mod check;
 mod cluster;
 mod discovery;

@@ -39,6 +39,8 @@ pub enum Reply {
     Ok,
     /// These exact bytes, then close.
     Raw(&'static [u8]),
+    /// As `Ok`, after this long: a slow instance.
+    Slow(Duration),
 }
 
 /// The upstream: every request it got, in order.
@@ -89,8 +91,11 @@ async fn serve(mut stream: TcpStream, reply: Reply, log: Arc<Mutex<Vec<Received>
             return;
         };
         log.lock().expect("the log lock").push(request);
+        if let Reply::Slow(delay) = &reply {
+            tokio::time::sleep(*delay).await;
+        }
         let done = match &reply {
-            Reply::Ok => stream
+            Reply::Ok | Reply::Slow(_) => stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await
                 .is_err(),
