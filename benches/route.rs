@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn::admin::AdminConfig;
 use cairn::etcd::EtcdConfig;
-use cairn::proxy::{Limits, Protocol, RouteConfig, ServiceConfig};
+use cairn::proxy::{Limits, Protocol, RelayConfig, RouteConfig, ServiceConfig};
 use cairn::{Config, Server};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -290,6 +290,7 @@ async fn start_cairn(
         limits: Limits::default(),
         key: None,
         health: None,
+        relay: RelayConfig::default(),
     };
     let config = Config {
         etcd: EtcdConfig {

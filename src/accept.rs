@@ -98,33 +98,43 @@ pub(crate) fn open_file_budget() -> Option<(u64, usize)> {
     Some((limit, usize::try_from(connections).unwrap_or(usize::MAX)))
 }
 
-/// Accepts connections until `shutdown`, holding one permit of `caps` per open connection, and
+/// Accepts connections until `stop`, holding one permit of `caps` per open connection, and
 /// hands each to `serve`. When a cap is reached, new clients wait in the kernel's backlog.
+///
+/// Returns the listening socket, still open: a reload hands it to the listener's next
+/// settings, and connections that arrive meanwhile wait in its backlog.
 pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     caps: Caps,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
     mut serve: F,
-) where
+) -> TcpListener
+where
     F: FnMut(TcpStream, SocketAddr, Permit),
 {
     loop {
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return listener,
             p = caps.acquire() => p,
         };
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return listener,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => serve(stream, peer, permit),
             Err(e) => {
                 warn!(error = %e, "accept failed");
-                if !crate::shutdown::sleep(&shutdown, ACCEPT_PAUSE).await {
-                    return;
+                if !crate::shutdown::sleep(&stop, ACCEPT_PAUSE).await {
+                    return listener;
                 }
             }
         }
     }
+}
+
+/// Sets the backlog of a socket already listening (Linux takes a second `listen` as that), so
+/// a socket handed to new settings queues as many clients as its new `max_connections`.
+pub(crate) fn relisten(listener: &TcpListener, backlog: usize) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(i32::try_from(backlog).unwrap_or(i32::MAX))
 }

@@ -9,6 +9,7 @@ mod config;
 mod metrics;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,20 +52,58 @@ const ADMIN_MAX_HEAD: usize = 16 * 1024;
 /// What the admin endpoint reports on.
 pub(crate) struct Admin {
     /// The snapshots to show.
-    pub(crate) store: Arc<Store>,
+    store: Arc<Store>,
     /// Every metric, the store's included.
-    pub(crate) registry: Arc<Registry>,
+    registry: Arc<Registry>,
     /// Whether discovery is current with etcd.
-    pub(crate) freshness: Arc<Freshness>,
-    /// Readiness turns 503 once etcd has been away this long.
-    pub(crate) max_stale: Option<Duration>,
+    freshness: Arc<Freshness>,
+    /// Readiness turns 503 once etcd has been away this long (milliseconds; 0: never). A
+    /// reload changes it.
+    max_stale_ms: AtomicU64,
     /// Fires when the process starts draining; readiness turns 503 from then on.
-    pub(crate) draining: CancellationToken,
+    draining: CancellationToken,
 }
 
 impl Admin {
-    /// Serves until `stop` fires.
-    pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    /// The endpoint's state: readiness turns 503 once etcd has been away for `max_stale`, and
+    /// when `draining` fires.
+    pub(crate) fn new(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        freshness: Arc<Freshness>,
+        max_stale: Option<Duration>,
+        draining: CancellationToken,
+    ) -> Admin {
+        let admin = Admin {
+            store,
+            registry,
+            freshness,
+            max_stale_ms: AtomicU64::new(0),
+            draining,
+        };
+        admin.set_max_stale(max_stale);
+        admin
+    }
+
+    /// Readiness turns 503 once etcd has been away for `max_stale` from now on.
+    pub(crate) fn set_max_stale(&self, max_stale: Option<Duration>) {
+        let ms = max_stale.map_or(0, |d| (d.as_millis() as u64).max(1));
+        self.max_stale_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn max_stale(&self) -> Option<Duration> {
+        match self.max_stale_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Serves until `stop` fires, then gives the socket back.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> TcpListener {
         let caps = Caps::new(ADMIN_CONNECTIONS, None);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -91,7 +130,7 @@ impl Admin {
                 drop(permit);
             });
         })
-        .await;
+        .await
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -135,7 +174,7 @@ impl Admin {
             return text(StatusCode::OK, "ready\n".to_string());
         };
         let shown = humantime::format_duration(Duration::from_secs(stale.as_secs()));
-        match self.max_stale {
+        match self.max_stale() {
             Some(max) if stale > max => unavailable(format!(
                 "stale {shown}: etcd unreachable for longer than max_stale ({})\n",
                 humantime::format_duration(max)

@@ -1,6 +1,6 @@
 //! The TOML configuration file, aggregated from the sections each component owns.
 //!
-//! This module parses the file, reads `[node]`, hands `[etcd]`, `[admin]`, each `[[service]]`, `[[gateway]]` and
+//! This module parses the file, reads `[node]` and `[runtime]`, hands `[etcd]`, `[admin]`, each `[[service]]`, `[[gateway]]` and
 //! `[[register]]` block to the component that owns its settings, and checks what spans sections
 //! (service names, listen addresses). Every mistake is reported as one [`ConfigError`] naming
 //! the file, the line and the key, so `cairn check` and `cairn run` print a single line an
@@ -20,7 +20,7 @@ pub use error::ConfigError;
 
 use crate::admin::{AdminConfig, RawAdmin};
 use crate::etcd::{EtcdConfig, RawEtcd};
-use crate::field::{FieldError, FieldResult, Key, Lines, ListenAddr};
+use crate::field::{within, FieldError, FieldResult, Key, Lines, ListenAddr};
 use crate::proxy::config::{RawGateway, RawService};
 use crate::proxy::{GatewayConfig, ServiceConfig};
 use crate::register::{RawRegister, Registration, Ttl};
@@ -43,7 +43,17 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// This node's failure zone (`[node] zone`): picks prefer instances of the same zone.
     pub zone: Option<String>,
+    /// Worker threads of the runtime (`[runtime] workers`); by default one per core.
+    pub workers: usize,
 }
+
+/// The number of cores this process may run on, the default for `[runtime] workers`.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// More worker threads than this is a typo: a node-local proxy never needs them.
+const MAX_WORKERS: u64 = 1024;
 
 impl Default for Config {
     /// Defaults for every section, no listeners and no registrations.
@@ -56,6 +66,7 @@ impl Default for Config {
             registrations: Vec::new(),
             lease_ttl: Ttl::default().0,
             zone: None,
+            workers: cores(),
         }
     }
 }
@@ -101,6 +112,15 @@ struct RawConfig {
     registrations: Vec<RawRegister>,
     #[serde(default)]
     node: RawNode,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+/// The `[runtime]` table as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<Spanned<u64>>,
 }
 
 /// The `[node]` table as written.
@@ -200,8 +220,15 @@ impl RawConfig {
 
         let (registrations, ttl) = crate::register::validate(self.registrations, lines)?;
         let zone = self.node.validate(&Key::new("node"))?;
+        let workers = within(
+            self.runtime.workers.as_ref(),
+            &Key::new("runtime").field("workers"),
+            1..MAX_WORKERS + 1,
+            cores() as u64,
+        )? as usize;
         Ok(Config {
             zone,
+            workers,
             etcd,
             admin,
             services,

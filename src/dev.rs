@@ -22,7 +22,7 @@ use crate::admin::AdminConfig;
 use crate::config::Config;
 use crate::error::Error;
 use crate::etcd::EtcdConfig;
-use crate::proxy::{GatewayConfig, Limits, Protocol, RouteConfig, ServiceConfig};
+use crate::proxy::{GatewayConfig, Limits, Protocol, RelayConfig, RouteConfig, ServiceConfig};
 use crate::server::Server;
 
 /// How long a fresh etcd may take to elect itself and answer.
@@ -95,6 +95,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
             limits: Limits::default(),
             key: None,
             health: None,
+            relay: RelayConfig::default(),
         }],
         gateways: vec![GatewayConfig {
             listen: free_or_ephemeral(SocketAddr::from(([127, 0, 0, 1], 7080))).await,

@@ -51,17 +51,26 @@ fn main() -> ExitCode {
             config,
             shutdown_grace,
         } => {
-            let config = match Config::load(&config) {
+            let parsed = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            block_on(async move {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(parsed.workers)
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            finish(runtime.block_on(async move {
                 let shutdown = cairn::shutdown::on_signal();
-                Server::bind(config)
+                Server::bind(parsed)
                     .await?
+                    .reloads_from(config)
                     .run(shutdown, shutdown_grace)
                     .await
-            })
+            }))
         }
         Command::Dev => block_on(async {
             let shutdown = cairn::shutdown::on_signal();
@@ -92,7 +101,11 @@ fn block_on<F: std::future::Future<Output = Result<(), cairn::Error>>>(fut: F) -
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    match runtime.block_on(fut) {
+    finish(runtime.block_on(fut))
+}
+
+fn finish(result: Result<(), cairn::Error>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -4,26 +4,28 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 
 use crate::addr::Addr;
 
 /// The addresses this process listens on.
 #[derive(Debug, Default)]
-pub(crate) struct OwnAddrs(Vec<SocketAddr>);
+pub(crate) struct OwnAddrs(ArcSwap<Vec<SocketAddr>>);
 
 impl OwnAddrs {
-    /// The listeners bound at `addrs`.
-    pub(crate) fn new(addrs: Vec<SocketAddr>) -> OwnAddrs {
-        OwnAddrs(addrs)
+    /// The listeners are now bound at `addrs` (after a reload).
+    pub(crate) fn set(&self, addrs: Vec<SocketAddr>) {
+        self.0.store(Arc::new(addrs));
     }
 
     /// The listener that a connection to `peer` would reach, if it is one of ours: the same
     /// address, or the same port of a wildcard listener when `peer` is an address of this host.
     pub(crate) fn reached_by(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.0.iter().copied().find(|own| {
+        self.0.load().iter().copied().find(|own| {
             own.port() == peer.port()
                 && (own.ip() == peer.ip() || (own.ip().is_unspecified() && is_local(peer.ip())))
         })
@@ -104,7 +106,8 @@ mod tests {
 
     #[test]
     fn an_address_of_our_own_listener_is_recognised() {
-        let own = OwnAddrs::new(vec![sa("127.0.0.1:7001"), sa("0.0.0.0:7002")]);
+        let own = OwnAddrs::default();
+        own.set(vec![sa("127.0.0.1:7001"), sa("0.0.0.0:7002")]);
         assert_eq!(
             own.reached_by(sa("127.0.0.1:7001")),
             Some(sa("127.0.0.1:7001"))
@@ -127,7 +130,8 @@ mod tests {
     async fn dialing_our_own_listener_is_refused() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let own = OwnAddrs::new(vec![addr]);
+        let own = OwnAddrs::default();
+        own.set(vec![addr]);
         let e = dial(&Addr::Ip(addr), Duration::from_secs(5), &own)
             .await
             .unwrap_err();

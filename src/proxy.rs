@@ -12,9 +12,11 @@ pub(crate) mod health;
 pub(crate) mod http;
 mod judge;
 pub(crate) mod metrics;
+pub(crate) mod relay;
 pub(crate) mod tcp;
 
 pub use config::{
-    GatewayConfig, HealthCheck, HealthProbe, Limits, Protocol, RouteConfig, ServiceConfig,
+    GatewayConfig, HealthCheck, HealthProbe, Limits, Protocol, RelayConfig, RouteConfig,
+    ServiceConfig,
 };
 pub use metrics::{ListenerFamilies, ListenerMetrics};

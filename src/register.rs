@@ -9,7 +9,9 @@
 //! - a failing health check: delete that instance's key after `fall` failures, put it back after
 //!   `rise` passes. An instance with a check is registered only once it has passed.
 //!
-//! Stopping revokes the lease, so every key vanishes at once. etcd is reached through
+//! A reload hands it new registrations ([`Handle::update`]): unchanged keys stay, others are
+//! written or deleted under the same lease. Stopping revokes the lease, so every key vanishes
+//! at once. etcd is reached through
 //! [`LeaseKeys`], so the state machine is unit-tested on a paused clock against a fake.
 //!
 //! ```no_run
@@ -32,7 +34,9 @@
 mod check;
 mod config;
 mod etcd;
+mod handle;
 mod lease;
+mod owned;
 mod status;
 
 #[cfg(test)]
@@ -55,9 +59,11 @@ pub use etcd::EtcdLeases;
 pub use lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
 pub use status::Status;
 
+pub use handle::Handle;
+use owned::{Leftovers, Owned, Update};
+
 use crate::backoff::Backoff;
 use crate::etcd::{EtcdError, Kind, Outage};
-use crate::registry::instance_key;
 use crate::shutdown::{cancellable, sleep};
 
 /// Retry delays: reconnect within a second of etcd's return, so a registration lost during an
@@ -85,42 +91,6 @@ pub struct Registrar<K = EtcdLeases> {
     instances: Vec<Registration>,
 }
 
-/// The handle of a running registrar.
-#[derive(Debug)]
-pub struct Handle {
-    /// Stops the registrar.
-    stop: CancellationToken,
-    /// The registrar's task.
-    task: tokio::task::JoinHandle<()>,
-    /// Its live state.
-    status: Arc<Status>,
-}
-
-impl Handle {
-    /// Revokes the lease (every key vanishes at once) and waits for the registrar to end.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-
-    /// The registrar's live state.
-    pub fn status(&self) -> Arc<Status> {
-        Arc::clone(&self.status)
-    }
-}
-
-/// One instance as the registrar tracks it.
-struct Owned {
-    /// `service/id`, for logs.
-    label: String,
-    /// Its registry key.
-    key: String,
-    /// Its encoded value.
-    value: String,
-    /// Whether it should be registered now: no check, or its check passes.
-    healthy: bool,
-}
-
 /// A live lease with its keepalive stream and the watch over the owned keys.
 struct Session<K: LeaseKeys> {
     lease: i64,
@@ -132,6 +102,8 @@ struct Session<K: LeaseKeys> {
 #[derive(Debug)]
 enum End {
     Stop,
+    /// A reload changed the registrations or the TTL.
+    Reconfigure(Update),
     /// The lease is gone: grant a new one.
     LeaseLost(String),
     /// A stream or call failed: reconnect, keeping the lease if it still lives.
@@ -176,45 +148,74 @@ impl<K: LeaseKeys> Registrar<K> {
 
     /// Starts registering in the background.
     pub fn spawn(self) -> Handle {
-        let stop = CancellationToken::new();
         let status = Arc::new(Status::new(&self.instances));
-        let task = tokio::spawn(self.run(stop.clone(), Arc::clone(&status)));
-        Handle { stop, task, status }
+        self.spawn_with(status)
+    }
+
+    /// Starts registering in the background, reporting to `status` (which a predecessor may
+    /// have used: its gauges follow this registrar's registrations).
+    pub fn spawn_with(self, status: Arc<Status>) -> Handle {
+        status.set_registrations(&self.instances);
+        let stop = CancellationToken::new();
+        let abandon = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (updates, rx) = mpsc::unbounded_channel();
+        let task =
+            tokio::spawn(self.run(stop.clone(), Arc::clone(&abandon), Arc::clone(&status), rx));
+        Handle {
+            stop,
+            abandon,
+            task,
+            status,
+            updates,
+        }
     }
 
     fn ttl_secs(&self) -> i64 {
         self.ttl.as_secs() as i64 + i64::from(self.ttl.subsec_nanos() > 0)
     }
 
-    async fn run(mut self, stop: CancellationToken, status: Arc<Status>) {
-        let mut owned: Vec<Owned> = self
-            .instances
-            .iter()
-            .map(|r| Owned {
-                label: r.label(),
-                key: instance_key(&self.prefix, &r.service, &r.id),
-                value: r.endpoint.encode(),
-                healthy: r.check.is_none(),
-            })
-            .collect();
-        let checks_stop = stop.child_token();
-        let (changes_tx, mut changes) = mpsc::channel(owned.len().max(1));
-        for (i, r) in self.instances.iter().enumerate() {
-            if let Some(check) = &r.check {
-                check
-                    .clone()
-                    .spawn(i, r.label(), changes_tx.clone(), checks_stop.clone());
+    /// Takes on `update`: the new registrations and TTL. Returns the new owned list; keys that
+    /// left go to `leftovers`, and so does the lease when the TTL changed.
+    fn reconfigure(
+        &mut self,
+        update: Update,
+        owned: &[Owned],
+        lease: &mut Option<i64>,
+        leftovers: &mut Leftovers,
+        status: &Status,
+    ) -> Vec<Owned> {
+        let ttl = update.ttl.clamp(MIN_TTL, MAX_TTL);
+        self.instances = update.instances;
+        let next = owned::track(&self.prefix, &self.instances, owned);
+        leftovers.follow(owned, &next);
+        if ttl != self.ttl {
+            self.ttl = ttl;
+            // The keys move to a lease of the new TTL; the old lease is revoked after.
+            if let Some(id) = lease.take() {
+                leftovers.lease = leftovers.lease.or(Some(id));
             }
         }
-        drop(changes_tx);
+        status.set_registrations(&self.instances);
+        next
+    }
 
+    async fn run(
+        mut self,
+        stop: CancellationToken,
+        abandon: Arc<std::sync::atomic::AtomicBool>,
+        status: Arc<Status>,
+        mut updates: mpsc::UnboundedReceiver<Update>,
+    ) {
+        let mut owned = owned::track(&self.prefix, &self.instances, &[]);
+        let (mut checks, mut changes) = owned::spawn_checks(&owned, &stop);
         let mut lease: Option<i64> = None;
+        let mut leftovers = Leftovers::default();
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut outage = Outage::default();
         loop {
             let established = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = self.establish(&mut lease, &owned, &status) => r,
+                r = self.establish(&mut lease, &owned, &mut leftovers, &status) => r,
             };
             let mut session = match established {
                 Ok(s) => s,
@@ -231,13 +232,23 @@ impl<K: LeaseKeys> Registrar<K> {
                     // What etcd said, once, then every 30 s while it lasts (a full etcd, a
                     // refused lease or an unreachable cluster may last for hours).
                     outage.failed("registering", &e.to_string());
-                    // Health changes keep arriving while etcd is away; the next session uses them.
+                    // Health changes and reloads keep arriving while etcd is away; the next
+                    // session uses them.
                     let deadline = Instant::now() + backoff.next_delay();
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
                             _ = tokio::time::sleep_until(deadline) => break,
-                            Some((i, healthy)) = changes.recv() => owned[i].healthy = healthy,
+                            Some((i, healthy)) = changes.recv() => {
+                                if let Some(o) = owned.get_mut(i) {
+                                    o.healthy = healthy;
+                                }
+                            }
+                            Some(update) = updates.recv() => {
+                                owned = self.reconfigure(update, &owned, &mut lease, &mut leftovers, &status);
+                                checks.cancel();
+                                (checks, changes) = owned::spawn_checks(&owned, &stop);
+                            }
                         }
                     }
                     continue;
@@ -246,11 +257,28 @@ impl<K: LeaseKeys> Registrar<K> {
             outage.recovered("registering");
             status.set_refusal(None);
             backoff.reset();
+            if let Some(old) = leftovers.lease.take() {
+                self.revoke(old, "the ttl changed").await;
+            }
             match self
-                .serve(&mut session, &mut owned, &mut changes, &status, &stop)
+                .serve(
+                    &mut session,
+                    &mut owned,
+                    &mut changes,
+                    &mut updates,
+                    &status,
+                    &stop,
+                )
                 .await
             {
                 End::Stop => break,
+                End::Reconfigure(update) => {
+                    owned = self.reconfigure(update, &owned, &mut lease, &mut leftovers, &status);
+                    checks.cancel();
+                    (checks, changes) = owned::spawn_checks(&owned, &stop);
+                    // A new session at once: same lease (unless the TTL changed), new keys.
+                    continue;
+                }
                 End::LeaseLost(why) => {
                     warn!(lease = session.lease, reason = %why, "lease lost, granting a new one and registering again");
                     lease = None;
@@ -265,19 +293,37 @@ impl<K: LeaseKeys> Registrar<K> {
             }
         }
 
-        checks_stop.cancel();
+        checks.cancel();
         status.clear();
-        if let Some(id) = lease {
-            match tokio::time::timeout(REVOKE_TIMEOUT, self.keys.revoke(id)).await {
-                Ok(Ok(())) => info!(lease = id, "lease revoked, instances deregistered"),
-                Ok(Err(e)) => {
-                    warn!(lease = id, error = %e, "could not revoke the lease; its keys expire within the ttl")
-                }
-                Err(_) => warn!(
+        if abandon.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(id) = lease {
+                info!(
                     lease = id,
-                    "revoking the lease timed out; its keys expire within the ttl"
-                ),
+                    "registrar replaced; its lease expires within the ttl"
+                );
             }
+            return;
+        }
+        for id in [leftovers.lease, lease].into_iter().flatten() {
+            self.revoke(id, "stopping").await;
+        }
+    }
+
+    /// Revokes `id`, bounded in time: its keys vanish at once, or else by TTL.
+    async fn revoke(&mut self, id: i64, why: &str) {
+        match tokio::time::timeout(REVOKE_TIMEOUT, self.keys.revoke(id)).await {
+            Ok(Ok(())) => info!(
+                lease = id,
+                reason = why,
+                "lease revoked, its keys deregistered"
+            ),
+            Ok(Err(e)) => {
+                warn!(lease = id, error = %e, "could not revoke the lease; its keys expire within the ttl")
+            }
+            Err(_) => warn!(
+                lease = id,
+                "revoking the lease timed out; its keys expire within the ttl"
+            ),
         }
     }
 
@@ -287,6 +333,7 @@ impl<K: LeaseKeys> Registrar<K> {
         &mut self,
         lease: &mut Option<i64>,
         owned: &[Owned],
+        leftovers: &mut Leftovers,
         status: &Status,
     ) -> Result<Session<K>, EtcdError> {
         let mut kept = None;
@@ -315,6 +362,13 @@ impl<K: LeaseKeys> Registrar<K> {
         let revision = self.keys.write(id, &healthy).await?;
         for o in owned.iter().filter(|o| !o.healthy) {
             self.keys.remove(id, &o.key).await?;
+        }
+        // Keys of registrations a reload removed: deleted if still ours (under the old lease
+        // after a TTL change, they vanish when it is revoked).
+        while let Some(key) = leftovers.keys.last() {
+            self.keys.remove(id, key).await?;
+            info!(key = %key, "registration removed by a reload, deregistered");
+            leftovers.keys.pop();
         }
         for (i, o) in owned.iter().enumerate() {
             status.set_registered(i, o.healthy);
@@ -345,6 +399,7 @@ impl<K: LeaseKeys> Registrar<K> {
         session: &mut Session<K>,
         owned: &mut [Owned],
         changes: &mut mpsc::Receiver<(usize, bool)>,
+        updates: &mut mpsc::UnboundedReceiver<Update>,
         status: &Status,
         stop: &CancellationToken,
     ) -> End {
@@ -374,8 +429,13 @@ impl<K: LeaseKeys> Registrar<K> {
                     Ok(None) => return End::Broken("keepalive stream closed".to_string()),
                     Err(e) => return End::Broken(e.to_string()),
                 },
+                Some(update) = updates.recv() => return End::Reconfigure(update),
                 Some((i, healthy)) = changes.recv() => {
-                    owned[i].healthy = healthy;
+                    let Some(o) = owned.get_mut(i) else { continue };
+                    if o.healthy == healthy {
+                        continue;
+                    }
+                    o.healthy = healthy;
                     let o = &owned[i];
                     let done = if healthy {
                         cancellable(stop, self.keys.put(id, &o.key, &o.value)).await
@@ -391,7 +451,7 @@ impl<K: LeaseKeys> Registrar<K> {
                         Some(Err(e)) => return e.into(),
                     }
                 }
-                event = next_watch(&mut session.watch) => match event {
+                event = lease::next_watch(&mut session.watch) => match event {
                     Ok(Some(events)) => {
                         for ev in events {
                             let Some(i) = owned.iter().position(|o| o.key.as_bytes() == ev.key) else { continue };
@@ -428,14 +488,5 @@ impl<K: LeaseKeys> Registrar<K> {
                 }
             }
         }
-    }
-}
-
-async fn next_watch<W: KeyWatch>(
-    watch: &mut Option<W>,
-) -> Result<Option<Vec<KeyEvent>>, EtcdError> {
-    match watch {
-        Some(w) => w.next().await,
-        None => std::future::pending().await,
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::balance::Balance;
-use crate::proxy::{Limits, Protocol, RouteConfig};
+use crate::proxy::{Limits, Protocol, RelayConfig, RouteConfig};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("cairn.toml"))
@@ -133,12 +133,44 @@ fn http_services_and_gateways_are_read() {
 }
 
 #[test]
+fn tcp_relays_have_an_optional_idle_timeout_and_keepalive() {
+    let tcp = |extra: &str| {
+        parse(&format!(
+            "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n{extra}"
+        ))
+    };
+    let c = tcp("").unwrap();
+    assert_eq!(
+        c.services[0].relay,
+        RelayConfig {
+            idle_timeout: None,
+            keepalive: Some(Duration::from_secs(60))
+        }
+    );
+    let c = tcp("idle_timeout = \"2h\"\ntcp_keepalive = \"0s\"\n").unwrap();
+    assert_eq!(
+        c.services[0].relay,
+        RelayConfig {
+            idle_timeout: Some(Duration::from_secs(7200)),
+            keepalive: None
+        }
+    );
+    let e = tcp("tcp_keepalive = \"10h\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("service[0].tcp_keepalive"), "{e}");
+    let e = tcp("idle_timeout = \"100ms\"\n").unwrap_err();
+    assert!(e.message.contains("at least 1s"), "{e}");
+    let e = tcp("protocol = \"http\"\ntcp_keepalive = \"30s\"\n").unwrap_err();
+    assert!(e.message.contains("only to protocol = \"tcp\""), "{e}");
+}
+
+#[test]
 fn http_mistakes_are_rejected() {
-    let e = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nidle_timeout = \"5s\"\n")
-        .unwrap_err();
+    let e =
+        parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nmax_header_bytes = 16384\n")
+            .unwrap_err();
     assert_eq!(
         (e.line, e.key.as_deref()),
-        (Some(4), Some("service[0].idle_timeout")),
+        (Some(4), Some("service[0].max_header_bytes")),
         "{e}"
     );
     assert!(e.message.contains("only to protocol = \"http\""), "{e}");
@@ -348,4 +380,18 @@ fn balancing_mistakes_are_named() {
         e.message.contains("without spaces") && e.line == Some(2),
         "{e}"
     );
+}
+
+#[test]
+fn runtime_workers_default_to_the_cores_and_are_bounded() {
+    assert_eq!(parse("").unwrap().workers, cores());
+    assert_eq!(parse("[runtime]\nworkers = 2\n").unwrap().workers, 2);
+    let e = parse("[runtime]\nworkers = 0\n").unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(2), Some("runtime.workers")),
+        "{e}"
+    );
+    let e = parse("[runtime]\nthreads = 2\n").unwrap_err();
+    assert!(e.message.contains("unknown field `threads`"), "{e}");
 }

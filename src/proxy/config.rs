@@ -56,6 +56,28 @@ pub struct ServiceConfig {
     pub key: Option<String>,
     /// Active health checks of the service's instances; none by default.
     pub health: Option<HealthCheck>,
+    /// TCP listeners: how connections are kept and ended.
+    pub relay: RelayConfig,
+}
+
+/// How a TCP listener keeps its relayed connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// A connection with no byte in either direction for this long is closed; none by
+    /// default, since database and message-queue clients may idle for hours.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive on both sockets: the idle time before the first probe; none turns it
+    /// off. Finds peers that vanished without a FIN (a rebooted host, a dropped NAT entry).
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            idle_timeout: None,
+            keepalive: Some(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// How connections or requests reach the instances of one service.
@@ -148,6 +170,13 @@ const REQUEST_TIMEOUT: RangeInclusive<Duration> =
 /// An idle client kept for a day holds a slot for nothing.
 const IDLE_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
+/// A relayed TCP connection may idle for a week (a database pool's spare connection) but not
+/// forever: past that, use keepalive to find dead peers instead.
+const TCP_IDLE_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+/// Keepalive probes more often than every second are noise on the wire; Linux refuses an idle
+/// time above 32767 s. `0s` turns keepalive off.
+const TCP_KEEPALIVE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(32_767);
 
 /// The most instances a connection may try: the first pick plus this many retries. Beyond a
 /// handful, a client waits `connect_timeout` per dead instance, which is worse than failing.
@@ -213,6 +242,7 @@ pub(crate) struct RawService {
     max_connections: Option<Spanned<u64>>,
     idle_timeout: Option<Spanned<HumanDuration>>,
     max_header_bytes: Option<Spanned<u64>>,
+    tcp_keepalive: Option<Spanned<HumanDuration>>,
     key: Option<Spanned<String>>,
 }
 
@@ -220,21 +250,42 @@ impl RawService {
     /// The block's settings; `key` is `service[i]`.
     pub(crate) fn validate(self, key: &Key) -> FieldResult<ServiceConfig> {
         let protocol = self.protocol.unwrap_or(Protocol::Tcp);
-        if protocol == Protocol::Tcp {
-            let http_only = [
-                (
-                    "idle_timeout",
-                    self.idle_timeout.as_ref().map(Spanned::span),
-                ),
-                (
-                    "max_header_bytes",
-                    self.max_header_bytes.as_ref().map(Spanned::span),
-                ),
-            ];
-            if let Some((field, span)) = http_only.into_iter().find(|(_, s)| s.is_some()) {
-                return Err(key
-                    .field(field)
-                    .error(span, "applies only to protocol = \"http\" listeners"));
+        let mut relay = RelayConfig::default();
+        match protocol {
+            Protocol::Tcp => {
+                if let Some(m) = &self.max_header_bytes {
+                    return Err(key.at(
+                        "max_header_bytes",
+                        m,
+                        "applies only to protocol = \"http\" listeners",
+                    ));
+                }
+                if let Some(idle) = &self.idle_timeout {
+                    relay.idle_timeout = Some(duration(
+                        Some(idle),
+                        &key.field("idle_timeout"),
+                        TCP_IDLE_TIMEOUT,
+                        Duration::ZERO,
+                    )?);
+                }
+                if let Some(k) = &self.tcp_keepalive {
+                    let k = duration(
+                        Some(k),
+                        &key.field("tcp_keepalive"),
+                        TCP_KEEPALIVE,
+                        Duration::ZERO,
+                    )?;
+                    relay.keepalive = (!k.is_zero()).then_some(k);
+                }
+            }
+            Protocol::Http => {
+                if let Some(k) = &self.tcp_keepalive {
+                    return Err(key.at(
+                        "tcp_keepalive",
+                        k,
+                        "applies only to protocol = \"tcp\" listeners (HTTP clients are closed after idle_timeout)",
+                    ));
+                }
             }
         }
         let defaults = RouteConfig::default();
@@ -327,9 +378,13 @@ impl RawService {
         Ok(ServiceConfig {
             key: key_prefix,
             health,
+            relay,
             limits: RawLimits {
                 max_connections: self.max_connections.as_ref(),
-                idle_timeout: self.idle_timeout.as_ref(),
+                idle_timeout: match protocol {
+                    Protocol::Http => self.idle_timeout.as_ref(),
+                    Protocol::Tcp => None,
+                },
                 max_header_bytes: self.max_header_bytes.as_ref(),
             }
             .validate(key)?,

@@ -75,7 +75,7 @@ impl<'a> Attempts<'a> {
                 metrics,
                 throttle: target.throttle,
                 limit: pick.candidates.min(target.retries as usize + 1),
-                current: Arc::clone(&pick.state),
+                current: target.cell.state(&pick),
                 pick,
                 failed: 0,
                 rest: None,

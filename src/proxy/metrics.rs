@@ -28,6 +28,7 @@ pub struct ListenerFamilies {
     timeouts: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     not_found: Family<Labels, Counter>,
+    idle_closed: Family<Labels, Counter>,
 }
 
 /// The counters of one listener. Clones share the same counters.
@@ -51,6 +52,8 @@ pub struct ListenerMetrics {
     pub upstream_errors: Counter,
     /// HTTP gateways: requests for a service the registry does not know (404).
     pub not_found: Counter,
+    /// TCP: relayed connections closed after `idle_timeout` without traffic.
+    pub idle_closed: Counter,
 }
 
 impl ListenerFamilies {
@@ -97,6 +100,11 @@ impl ListenerFamilies {
                 "Gateway requests answered 404: unknown service",
                 &self.not_found,
             ),
+            (
+                "cairn_listener_idle_closed",
+                "TCP connections closed after idle_timeout without traffic",
+                &self.idle_closed,
+            ),
         ];
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
@@ -124,6 +132,7 @@ impl ListenerFamilies {
             timeouts: self.timeouts.get_or_create_owned(&labels),
             upstream_errors: self.upstream_errors.get_or_create_owned(&labels),
             not_found: self.not_found.get_or_create_owned(&labels),
+            idle_closed: self.idle_closed.get_or_create_owned(&labels),
         }
     }
 }

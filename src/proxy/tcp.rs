@@ -9,9 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::config::RelayConfig;
 use super::error::ProxyError;
 use super::failover::{Attempts, Target};
 use super::metrics::{Active, ListenerMetrics};
+use super::relay::{keepalive, relay, Relayed};
 use crate::accept::{accept_loop, Caps};
 use crate::addr::Addr;
 use crate::balance::hash;
@@ -38,19 +40,22 @@ pub(crate) struct TcpProxy {
     pub(crate) throttle: Throttle,
     /// cairn's own listeners, which are never dialed.
     pub(crate) own: Arc<OwnAddrs>,
+    /// Idle timeout and keepalive of relayed connections.
+    pub(crate) relay: RelayConfig,
 }
 
 impl TcpProxy {
-    /// Accepts until `shutdown`; connections run on `tracker` and end early only on `abort`.
+    /// Accepts until `stop`, then gives the socket back; connections run on `tracker` and end
+    /// early only on `abort`.
     pub(crate) async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         caps: Caps,
         tracker: TaskTracker,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
         abort: CancellationToken,
-    ) {
-        accept_loop(listener, caps, shutdown, |stream, peer, permit| {
+    ) -> TcpListener {
+        accept_loop(listener, caps, stop, |stream, peer, permit| {
             let proxy = Arc::clone(&self);
             let abort = abort.clone();
             tracker.spawn(async move {
@@ -61,7 +66,7 @@ impl TcpProxy {
                 drop(permit);
             });
         })
-        .await;
+        .await
     }
 
     async fn handle(&self, mut inbound: TcpStream, peer: SocketAddr) {
@@ -76,11 +81,22 @@ impl TcpProxy {
                 return;
             }
         };
+        if let Some(idle) = self.relay.keepalive {
+            for stream in [&inbound, &outbound] {
+                if let Err(e) = keepalive(stream, idle) {
+                    debug!(service = %self.service, %peer, error = %e, "cannot turn on tcp keepalive");
+                }
+            }
+        }
         debug!(service = %self.service, %peer, upstream = %addr, "connection forwarded");
-        // copy_bidirectional forwards a half-close: when one side finishes sending it shuts down
-        // the other side's write half and keeps relaying the opposite direction.
-        match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-            Ok((up, down)) => debug!(service = %self.service, %peer, up, down, "connection closed"),
+        match relay(&mut inbound, &mut outbound, self.relay.idle_timeout).await {
+            Ok(Relayed::Done(up, down)) => {
+                debug!(service = %self.service, %peer, up, down, "connection closed")
+            }
+            Ok(Relayed::Idle) => {
+                self.metrics.idle_closed.inc();
+                debug!(service = %self.service, %peer, "connection idle, closing")
+            }
             Err(e) => {
                 debug!(service = %self.service, %peer, error = %e, "connection ended with an error")
             }

@@ -73,10 +73,13 @@ impl Check {
     }
 
     /// Probes until `stop`, sending `(index, healthy)` to `changes` on every change of state.
+    /// `healthy` is where it starts: a new check starts unhealthy, one restarted by a reload
+    /// keeps what it found.
     pub(crate) fn spawn(
         self,
         index: usize,
         label: String,
+        healthy: bool,
         changes: mpsc::Sender<(usize, bool)>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -85,6 +88,7 @@ impl Check {
             let mut ticks = tokio::time::interval(self.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut state = State::new(self.rise, self.fall);
+            state.healthy = healthy;
             let mut told_waiting = false;
             loop {
                 tokio::select! {

@@ -125,21 +125,28 @@ impl LeaseKeys for EtcdLeases {
     }
 
     async fn watch(&mut self, keys: &[&str], start: i64) -> Result<WatchStream, EtcdError> {
-        let (Some(first), Some(last)) = (keys.iter().min(), keys.iter().max()) else {
+        // One watch per owned key, all on one stream: exactly those keys, not the range
+        // between the smallest and the largest, which can be most of the registry.
+        let Some((first, rest)) = keys.split_first() else {
             return Err(EtcdError::new("no keys to watch"));
         };
-        let mut end = last.as_bytes().to_vec();
-        end.push(0);
-        let mut options = WatchOptions::new().with_range(end);
+        let mut options = WatchOptions::new();
         if start > 0 {
             options = options.with_start_revision(start);
         }
-        let opened = self
-            .etcd
-            .client()
-            .watch_client()
-            .watch(*first, Some(options))
-            .await;
+        let opened = async {
+            let mut stream = self
+                .etcd
+                .client()
+                .watch_client()
+                .watch(*first, Some(options.clone()))
+                .await?;
+            for key in rest {
+                stream.watch(*key, Some(options.clone())).await?;
+            }
+            Ok::<_, etcd_client::Error>(stream)
+        }
+        .await;
         self.etcd.metrics().count(Op::Watch, opened.is_ok());
         Ok(opened?)
     }

@@ -123,6 +123,11 @@ impl KeyWatch for FakeWatch {
 }
 
 impl FakeEtcd {
+    /// The next call if one was made already.
+    pub(super) fn try_call(&mut self) -> Option<Call> {
+        self.calls.try_recv().ok()
+    }
+
     /// The next call.
     pub(super) async fn call(&mut self) -> Call {
         self.calls

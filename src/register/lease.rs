@@ -85,3 +85,13 @@ pub trait KeyWatch: Send {
     /// `None` when it closed.
     fn next(&mut self) -> impl Future<Output = Result<Option<Vec<KeyEvent>>, EtcdError>> + Send;
 }
+
+/// The next events of `watch`, or never when there is none (a `select!` branch).
+pub(super) async fn next_watch<W: KeyWatch>(
+    watch: &mut Option<W>,
+) -> Result<Option<Vec<KeyEvent>>, EtcdError> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}

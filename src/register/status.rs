@@ -20,10 +20,9 @@ struct Labels {
 /// Live state of a registrar.
 #[derive(Debug)]
 pub struct Status {
-    /// `service/id` of each registration, in order.
-    pub labels: Vec<String>,
-    /// 1 while each registration's key is written under the live lease, in order.
-    registered: Vec<Gauge>,
+    /// Each registration's labels and gauge (1 while its key is written under the live lease),
+    /// in order; replaced when a reload changes the registrations.
+    registered: Mutex<Vec<(Labels, Gauge)>>,
     /// Every registration's gauge, labelled with its service and id.
     family: Family<Labels, Gauge>,
     /// Leases granted (1 in a quiet life; one more per lost lease).
@@ -37,24 +36,53 @@ pub struct Status {
 
 impl Status {
     /// The state of a registrar of `registrations`: nothing registered yet.
-    pub(super) fn new(registrations: &[Registration]) -> Status {
-        let family = Family::<Labels, Gauge>::default();
-        Status {
-            labels: registrations.iter().map(Registration::label).collect(),
-            registered: registrations
-                .iter()
-                .map(|r| {
-                    family.get_or_create_owned(&Labels {
-                        service: r.service.clone(),
-                        id: r.id.clone(),
-                    })
-                })
-                .collect(),
-            family,
+    pub fn new(registrations: &[Registration]) -> Status {
+        let status = Status {
+            registered: Mutex::new(Vec::new()),
+            family: Family::<Labels, Gauge>::default(),
             lease_grants: Counter::default(),
             repairs: Counter::default(),
             refusal: Mutex::new(None),
+        };
+        status.set_registrations(registrations);
+        status
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<(Labels, Gauge)>> {
+        self.registered
+            .lock()
+            .expect("the registrations lock is never held across a panic")
+    }
+
+    /// Follows a new list of registrations: gauges of the ones that stay are kept, those of
+    /// the ones that left disappear from `/metrics`, new ones start at 0.
+    pub(crate) fn set_registrations(&self, registrations: &[Registration]) {
+        let mut entries = self.entries();
+        let next: Vec<(Labels, Gauge)> = registrations
+            .iter()
+            .map(|r| {
+                let labels = Labels {
+                    service: r.service.clone(),
+                    id: r.id.clone(),
+                };
+                let gauge = self.family.get_or_create_owned(&labels);
+                (labels, gauge)
+            })
+            .collect();
+        for (labels, _) in entries.iter() {
+            if !next.iter().any(|(l, _)| l == labels) {
+                self.family.remove(labels);
+            }
         }
+        *entries = next;
+    }
+
+    /// `service/id` of each registration, in order.
+    pub fn labels(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .map(|(l, _)| format!("{}/{}", l.service, l.id))
+            .collect()
     }
 
     /// Why etcd refuses this registrar's user, if it does.
@@ -75,19 +103,19 @@ impl Status {
 
     /// Whether registration `index` is written under the live lease.
     pub fn is_registered(&self, index: usize) -> bool {
-        self.registered.get(index).is_some_and(|g| g.get() == 1)
+        self.entries().get(index).is_some_and(|(_, g)| g.get() == 1)
     }
 
     /// Records whether registration `index` is written under the live lease.
     pub(super) fn set_registered(&self, index: usize, registered: bool) {
-        if let Some(g) = self.registered.get(index) {
+        if let Some((_, g)) = self.entries().get(index) {
             g.set(i64::from(registered));
         }
     }
 
     /// Records that no registration is written (the lease is gone or revoked).
     pub(super) fn clear(&self) {
-        for g in &self.registered {
+        for (_, g) in self.entries().iter() {
             g.set(0);
         }
     }

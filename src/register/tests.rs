@@ -77,14 +77,27 @@ async fn registers_under_one_lease_and_pings_every_third_of_the_ttl() {
 /// Stops the registrar and expects it to revoke `lease`.
 async fn handle_stop(mut etcd: FakeEtcd, handle: Handle, lease: i64) {
     let stopping = tokio::spawn(handle.stop());
+    revocation(&mut etcd, lease).await;
+    stopping.await.unwrap();
+}
+
+/// Expects `lease` to be revoked, and confirms it.
+async fn revocation(etcd: &mut FakeEtcd, lease: i64) {
     match etcd.call().await {
         Call::Revoke(l, r) => {
             assert_eq!(l, lease);
             let _ = r.send(Ok(()));
         }
-        other => panic!("expected the lease to be revoked, got {other:?}"),
+        other => panic!("expected lease {lease} to be revoked, got {other:?}"),
     }
-    stopping.await.unwrap();
+}
+
+/// Breaks the keepalive stream as a killed member does.
+fn break_stream(keepalive: &KeepAliveEnd) {
+    keepalive
+        .answers
+        .send(Err(EtcdError::new("h2 protocol error")))
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,10 +126,7 @@ async fn a_broken_keepalive_reconnects_on_the_same_lease() {
     let (mut etcd, handle) = start();
     etcd.grant(1).await;
     let (keepalive, _watch) = session(&mut etcd, 1).await;
-    keepalive
-        .answers
-        .send(Err(EtcdError::new("h2 protocol error")))
-        .unwrap();
+    break_stream(&keepalive);
     // No grant: the lease still lives, so the session resumes on it.
     let (keepalive2, _watch) = session(&mut etcd, 1).await;
     assert_eq!(handle.status().lease_grants.get(), 1);
@@ -262,4 +272,101 @@ async fn an_instance_whose_check_has_not_passed_is_not_written_and_its_old_key_r
     let status = handle.status();
     assert!(status.is_registered(0) && !status.is_registered(1));
     handle_stop(etcd, handle, 1).await;
+}
+
+/// Expects the removal of `key` under `lease` and confirms it.
+async fn removal(etcd: &mut FakeEtcd, lease: i64, key: &str) {
+    match etcd.call().await {
+        Call::Remove(l, k, r) => {
+            assert_eq!((l, k.as_str()), (lease, key));
+            let _ = r.send(Ok(()));
+        }
+        other => panic!("expected {key} to be removed under {lease}, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_rewrites_the_keys_under_the_same_lease_and_deletes_the_removed_ones() {
+    let (mut etcd, handle) = start();
+    etcd.grant(1).await;
+    let (_keepalive, _watch) = session(&mut etcd, 1).await;
+    // b is removed, a's address changes, c is new.
+    let mut next = registrations();
+    next[0].endpoint = Endpoint::new("10.0.0.9:80".parse().unwrap(), Format::Plain);
+    next[1] = Registration::new(
+        "svc",
+        "c",
+        Endpoint::new("10.0.0.2:80".parse().unwrap(), Format::Plain),
+    );
+    handle.update(TTL, next);
+    // The same lease: no grant, a new keepalive stream on lease 1.
+    let _keepalive = etcd.keep_alive(1).await;
+    assert_eq!(
+        etcd.write(1, 20).await,
+        [
+            ("/s/svc/a".to_string(), "10.0.0.9:80".to_string()),
+            ("/s/svc/c".to_string(), "10.0.0.2:80".to_string())
+        ]
+    );
+    removal(&mut etcd, 1, "/s/svc/b").await;
+    let (keys, start, _watch) = etcd.watch().await;
+    assert_eq!(
+        keys,
+        ["/s/svc/a", "/s/svc/c"],
+        "exactly the owned keys are watched"
+    );
+    assert_eq!(start, 21);
+    let status = handle.status();
+    assert_eq!(status.labels(), ["svc/a", "svc/c"]);
+    assert!(status.is_registered(0) && status.is_registered(1));
+    assert_eq!(status.lease_grants.get(), 1);
+    handle_stop(etcd, handle, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_the_ttl_moves_the_keys_to_a_new_lease_and_revokes_the_old() {
+    let (mut etcd, handle) = start();
+    etcd.grant(1).await;
+    let (_keepalive, _watch) = session(&mut etcd, 1).await;
+    handle.update(Duration::from_secs(6), registrations());
+    assert_eq!(etcd.grant(2).await, 6);
+    let (_keepalive, _watch) = session(&mut etcd, 2).await;
+    revocation(&mut etcd, 1).await;
+    handle_stop(etcd, handle, 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_while_etcd_is_away_is_applied_when_it_returns() {
+    let (mut etcd, handle) = start();
+    etcd.grant(1).await;
+    let (keepalive, _watch) = session(&mut etcd, 1).await;
+    break_stream(&keepalive);
+    // Reconnecting fails, then the reload arrives while the registrar waits.
+    match etcd.call().await {
+        Call::KeepAlive(1, r) => {
+            let _ = r.send(Err(EtcdError::new("connection refused")));
+        }
+        other => panic!("expected a keepalive, got {other:?}"),
+    }
+    handle.update(TTL, registrations()[..1].to_vec());
+    let _keepalive = etcd.keep_alive(1).await;
+    assert_eq!(
+        etcd.write(1, 30).await,
+        [("/s/svc/a".to_string(), "10.0.0.0:80".to_string())]
+    );
+    removal(&mut etcd, 1, "/s/svc/b").await;
+    let (keys, _, _watch) = etcd.watch().await;
+    assert_eq!(keys, ["/s/svc/a"]);
+    handle_stop(etcd, handle, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_registrar_leaves_its_lease_to_expire() {
+    let (mut etcd, handle) = start();
+    etcd.grant(1).await;
+    let (_keepalive, _watch) = session(&mut etcd, 1).await;
+    let abandoning = tokio::spawn(handle.abandon());
+    abandoning.await.unwrap();
+    // No revoke: the registrar ended without another call.
+    assert!(etcd.try_call().is_none());
 }

@@ -2,7 +2,7 @@
 //! table picks read), its policy, its round-robin positions, and the order in which a failed pick
 //! tries the others.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -100,8 +100,6 @@ impl Snapshot {
 pub struct Pick {
     /// The chosen instance's address.
     pub addr: Addr,
-    /// Its live state, for the outcome and the in-flight count.
-    pub state: Arc<InstanceState>,
     /// Its index in the snapshot it was picked from.
     pub index: usize,
     /// How many instances could have been picked.
@@ -132,6 +130,12 @@ pub struct ServiceCell {
     ejections: AtomicU64,
     /// Active health checks since cairn started: passed, failed.
     checks: [AtomicU64; 2],
+    /// A listener or a `[[service]]` block names the service: it stays in the store, empty
+    /// or not.
+    pinned: AtomicBool,
+    /// Removed from the store: whoever still holds it must fetch the service's new cell.
+    /// Set under the building lock, so no publish lands on a retired cell.
+    retired: AtomicBool,
 }
 
 impl ServiceCell {
@@ -167,11 +171,23 @@ impl ServiceCell {
             })? as usize;
         Some(Pick {
             addr: snapshot.addrs[index].clone(),
-            state: Arc::clone(&states[index]),
             index,
             candidates: snapshot.table.len(),
             version: snapshot.version,
         })
+    }
+
+    /// The live state of the picked instance, for its in-flight count and the outcome of the
+    /// attempt: read apart from the pick, so a pick touches no reference count. A fresh state
+    /// when the instance left the service meanwhile.
+    pub fn state(&self, pick: &Pick) -> Arc<InstanceState> {
+        let snapshot = self.snapshot.load();
+        let index = if snapshot.version == pick.version {
+            Some(pick.index)
+        } else {
+            snapshot.addrs.iter().position(|a| *a == pick.addr)
+        };
+        index.map_or_else(InstanceState::new, |i| Arc::clone(&snapshot.states[i]))
     }
 
     /// The other usable instances to try after `pick` failed, each once, from the current
@@ -280,10 +296,46 @@ impl ServiceCell {
         self.snapshot.store(Arc::new(snapshot));
     }
 
+    /// Keeps the service in the store while `pinned`, even without instances.
+    pub fn pin(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::Relaxed);
+    }
+
+    /// Whether the cell was removed from the store; its service, if it comes back, has a new
+    /// cell.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// The version of the last instance set published.
+    pub fn version(&self) -> u64 {
+        self.versions.load(Ordering::Relaxed)
+    }
+
+    /// Retires the cell if it is unpinned, has no instances and nothing was published since
+    /// `version`. Returns whether it did.
+    pub(super) fn retire_if_unused(&self, version: u64) -> bool {
+        let _building = self.lock();
+        let unused = !self.pinned.load(Ordering::Relaxed)
+            && self.snapshot.load().is_empty()
+            && self.versions.load(Ordering::Relaxed) == version;
+        if unused {
+            self.retired.store(true, Ordering::Release);
+        }
+        unused
+    }
+
     /// Swaps in `instances` (sorted by id, distinct) as the service's new instance set. An
     /// instance already known at the same address keeps its state; others start fresh.
-    pub(super) fn publish(&self, instances: Vec<Arc<Instance>>) {
+    ///
+    /// Returns `false`, publishing nothing, when the cell is retired: the caller publishes to
+    /// the service's new cell instead.
+    #[must_use]
+    pub(super) fn publish(&self, instances: Vec<Arc<Instance>>) -> bool {
         let _building = self.lock();
+        if self.retired.load(Ordering::Relaxed) {
+            return false;
+        }
         let current = self.snapshot.load_full();
         let states: Vec<Arc<InstanceState>> = instances
             .iter()
@@ -299,6 +351,7 @@ impl ServiceCell {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot = build(version, instances, states, &self.policy.load());
         self.snapshot.store(Arc::new(snapshot));
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -16,11 +16,11 @@ fn placed(id: &str, addr: &str, weight: u32, zone: Option<&str>) -> Arc<Instance
 
 fn cell(n: usize) -> ServiceCell {
     let cell = ServiceCell::default();
-    cell.publish(
+    assert!(cell.publish(
         (0..n)
             .map(|i| inst(&format!("i{i}"), &format!("10.0.0.{i}:80")))
             .collect(),
-    );
+    ));
     cell
 }
 
@@ -86,32 +86,32 @@ fn retries_after_a_swap_skip_the_failed_address_and_removed_instances() {
     let p = c.pick(None).unwrap();
     assert_eq!(addr(&p.addr), "10.0.0.0:80");
     // The failed instance moved to another index; one more instance came.
-    c.publish(vec![
+    assert!(c.publish(vec![
         inst("a", "10.0.0.9:80"),
         inst("i0", "10.0.0.0:80"),
         inst("i2", "10.0.0.2:80"),
-    ]);
+    ]));
     let mut rest: Vec<String> = c.retries(&p).map(|(a, _)| addr(&a)).collect();
     rest.sort();
     assert_eq!(rest, ["10.0.0.2:80", "10.0.0.9:80"]);
     // Every instance gone: nothing to retry.
-    c.publish(Vec::new());
+    assert!(c.publish(Vec::new()));
     assert_eq!(c.retries(&p).count(), 0);
     assert!(c.retries(&p).service_is_empty());
     // Only the failed one left: nothing else to try.
-    c.publish(vec![inst("i0", "10.0.0.0:80")]);
+    assert!(c.publish(vec![inst("i0", "10.0.0.0:80")]));
     assert_eq!(c.retries(&p).count(), 0);
 }
 
 #[test]
 fn weights_shape_the_rotation_and_zero_gets_nothing() {
     let c = ServiceCell::default();
-    c.publish(vec![
+    assert!(c.publish(vec![
         placed("a", "10.0.0.1:80", 5, None),
         placed("b", "10.0.0.2:80", 1, None),
         placed("c", "10.0.0.3:80", 1, None),
         placed("d", "10.0.0.4:80", 0, None),
-    ]);
+    ]));
     let order: String = (0..7)
         .map(|_| match addr(&c.pick(None).unwrap().addr).as_str() {
             "10.0.0.1:80" => 'a',
@@ -191,7 +191,7 @@ fn states_survive_a_republish_but_not_a_removal_or_a_move() {
     let c = cell(2);
     let s0 = Arc::clone(&c.load().states()[0]);
     c.eject(&s0, 0, 1.0).unwrap();
-    c.publish(vec![inst("i0", "10.0.0.0:80"), inst("i1", "10.0.0.1:80")]);
+    assert!(c.publish(vec![inst("i0", "10.0.0.0:80"), inst("i1", "10.0.0.1:80")]));
     assert!(Arc::ptr_eq(&s0, &c.load().states()[0]));
     assert_eq!(
         c.load().usable(),
@@ -199,14 +199,14 @@ fn states_survive_a_republish_but_not_a_removal_or_a_move() {
         "still ejected after an unrelated change"
     );
     // Moved to a new address: a new instance, healthy.
-    c.publish(vec![inst("i0", "10.0.0.5:80"), inst("i1", "10.0.0.1:80")]);
+    assert!(c.publish(vec![inst("i0", "10.0.0.5:80"), inst("i1", "10.0.0.1:80")]));
     assert!(!Arc::ptr_eq(&s0, &c.load().states()[0]));
     assert_eq!(c.load().usable(), 2);
     // Removed, then re-added: fresh.
     let s1 = Arc::clone(&c.load().states()[1]);
     c.eject(&s1, 0, 1.0).unwrap();
-    c.publish(vec![inst("i0", "10.0.0.5:80")]);
-    c.publish(vec![inst("i0", "10.0.0.5:80"), inst("i1", "10.0.0.1:80")]);
+    assert!(c.publish(vec![inst("i0", "10.0.0.5:80")]));
+    assert!(c.publish(vec![inst("i0", "10.0.0.5:80"), inst("i1", "10.0.0.1:80")]));
     assert_eq!(c.load().usable(), 2);
 }
 
@@ -217,12 +217,12 @@ fn zones_prefer_local_instances_while_enough_are_usable() {
         zone: Some("eu-1a".into()),
         ..Policy::default()
     });
-    c.publish(vec![
+    assert!(c.publish(vec![
         placed("a", "10.0.0.1:80", 1, Some("eu-1a")),
         placed("b", "10.0.0.2:80", 1, Some("eu-1a")),
         placed("c", "10.0.0.3:80", 1, Some("eu-1b")),
         placed("d", "10.0.0.4:80", 1, None),
-    ]);
+    ]));
     let served = tally(&c, 100);
     assert_eq!(served.len(), 2, "{served:?}");
     assert!(served.contains_key("10.0.0.1:80") && served.contains_key("10.0.0.2:80"));
@@ -231,7 +231,7 @@ fn zones_prefer_local_instances_while_enough_are_usable() {
     c.eject(&a, 0, 1.0).unwrap();
     assert_eq!(tally(&c, 99).len(), 3);
     // All instances local: used even when fewer than min_local.
-    c.publish(vec![placed("a", "10.0.0.1:80", 1, Some("eu-1a"))]);
+    assert!(c.publish(vec![placed("a", "10.0.0.1:80", 1, Some("eu-1a"))]));
     assert_eq!(c.pick(None).unwrap().addr.to_string(), "10.0.0.1:80");
 }
 

@@ -11,7 +11,8 @@ use crate::instance::Instance;
 /// All services cairn knows, with the etcd revision they reflect.
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Service name to its cell. Cells are never removed, so a held cell stays current.
+    /// Service name to its cell. A cell leaves only when it is unpinned and has stayed empty
+    /// (see [`Store::prune`]); it is marked retired then, so holders can tell.
     services: DashMap<String, Arc<ServiceCell>>,
     /// The etcd revision the snapshots reflect.
     revision: AtomicI64,
@@ -72,7 +73,45 @@ impl Store {
     pub fn publish(&self, service: &str, instances: Vec<Instance>) {
         let mut instances: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
-        self.cell(service).publish(instances);
+        self.publish_to(service, |_| Some(instances.clone()));
+    }
+
+    /// Publishes what `next` makes of the service's current cell, if anything; when a prune
+    /// retired that cell meanwhile, asks again with the service's new (empty) cell.
+    pub(super) fn publish_to(
+        &self,
+        service: &str,
+        mut next: impl FnMut(&ServiceCell) -> Option<Vec<Arc<Instance>>>,
+    ) {
+        loop {
+            let cell = self.cell(service);
+            match next(&cell) {
+                None => return,
+                Some(instances) => {
+                    if cell.publish(instances) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every unpinned service without instances, with the version of its empty instance set:
+    /// candidates for [`Store::prune`].
+    pub fn empty(&self) -> Vec<(String, u64)> {
+        self.services
+            .iter()
+            .filter(|e| e.value().load().is_empty())
+            .map(|e| (e.key().clone(), e.value().version()))
+            .collect()
+    }
+
+    /// Removes `service` if it is unpinned, still empty, and unchanged since `version`; its cell
+    /// is marked retired. Returns whether it was removed.
+    pub fn prune(&self, service: &str, version: u64) -> bool {
+        self.services
+            .remove_if(service, |_, cell| cell.retire_if_unused(version))
+            .is_some()
     }
 
     /// Records that every update up to `revision` is applied; `listed` after a full list.

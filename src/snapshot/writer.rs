@@ -57,7 +57,8 @@ impl StoreWriter {
         }
         for service in self.store.populated() {
             if self.owns(&service) && !fresh.contains_key(&service) {
-                self.store.cell(&service).publish(Vec::new());
+                self.store
+                    .publish_to(&service, |cell| (!cell.load().is_empty()).then(Vec::new));
             }
         }
         for (service, mut instances) in fresh {
@@ -66,10 +67,9 @@ impl StoreWriter {
                 instances.sort_by(|a, b| a.id.cmp(&b.id));
             }
             instances.dedup_by(|b, a| a.id == b.id);
-            let cell = self.store.cell(&service);
-            if cell.load().instances() != instances.as_slice() {
-                cell.publish(instances);
-            }
+            self.store.publish_to(&service, |cell| {
+                (cell.load().instances() != instances.as_slice()).then(|| instances.clone())
+            });
         }
     }
 
@@ -90,24 +90,25 @@ impl StoreWriter {
             }
         }
         for (service, edits) in edits {
-            let cell = match self.store.get(&service) {
-                Some(cell) => cell,
-                // Deleting what was never there creates nothing.
-                None if edits.values().all(Option::is_none) => continue,
-                None => self.store.cell(&service),
-            };
-            apply(&cell, edits);
+            // Deleting what was never there creates nothing.
+            if self.store.get(&service).is_none() && edits.values().all(Option::is_none) {
+                continue;
+            }
+            self.store.publish_to(&service, |cell| merge(cell, &edits));
         }
     }
 }
 
-/// Merges `edits` into the cell's sorted snapshot and publishes the result if anything changed.
-/// Untouched instances are shared with the old snapshot, not copied.
-fn apply(cell: &ServiceCell, edits: BTreeMap<String, Option<Arc<Instance>>>) {
+/// `edits` merged into the cell's sorted snapshot, if that changes anything. Untouched
+/// instances are shared with the old snapshot, not copied.
+fn merge(
+    cell: &ServiceCell,
+    edits: &BTreeMap<String, Option<Arc<Instance>>>,
+) -> Option<Vec<Arc<Instance>>> {
     let current = cell.load();
     let mut out = Vec::with_capacity(current.len() + edits.len());
     let mut changed = false;
-    let mut edits = edits.into_iter().peekable();
+    let mut edits = edits.iter().map(|(id, e)| (id, e.clone())).peekable();
     for instance in current.instances() {
         // Edits of ids the snapshot lacks, sorted before this one: only a put adds something.
         while let Some((_, edit)) = edits.next_if(|(id, _)| id.as_str() < instance.id.as_str()) {
@@ -116,7 +117,7 @@ fn apply(cell: &ServiceCell, edits: BTreeMap<String, Option<Arc<Instance>>>) {
                 changed = true;
             }
         }
-        match edits.next_if(|(id, _)| *id == instance.id) {
+        match edits.next_if(|(id, _)| **id == instance.id) {
             Some((_, Some(new))) if new == *instance => out.push(Arc::clone(instance)),
             Some((_, Some(new))) => {
                 out.push(new);
@@ -132,10 +133,7 @@ fn apply(cell: &ServiceCell, edits: BTreeMap<String, Option<Arc<Instance>>>) {
             changed = true;
         }
     }
-    drop(current);
-    if changed {
-        cell.publish(out);
-    }
+    changed.then_some(out)
 }
 
 impl Sink for StoreWriter {

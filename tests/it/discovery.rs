@@ -446,3 +446,48 @@ async fn readiness_turns_503_once_etcd_is_away_for_max_stale() {
     cairn.wait_ready().await;
     assert_eq!(cairn.get("/readyz").await, (200, "ready\n".to_string()));
 }
+
+#[tokio::test]
+async fn a_service_gone_from_etcd_for_a_minute_leaves_services_and_metrics() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let up = Tagged::start("x").await;
+    for service in ["orders", "passing"] {
+        kv.put(format!("/services/{service}/x"), up.addr.to_string(), None)
+            .await
+            .unwrap();
+    }
+    // "orders" has a listener; "passing" is only in the registry.
+    let cairn = Cairn::start(&config(&etcd.endpoint(), &["orders"], "")).await;
+    cairn.wait_instances("passing", &["x"], SOON).await;
+    cairn.wait_instances("orders", &["x"], SOON).await;
+    let series = "cairn_service_instances{service=\"passing\"}";
+    assert_eq!(cairn.metric(series).await, 1.0);
+    kv.delete("/services/passing/x", None).await.unwrap();
+    kv.delete("/services/orders/x", None).await.unwrap();
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(100),
+        "the empty service is forgotten",
+        || async {
+            let doc = cairn.services().await;
+            doc["services"].get("passing").is_none().then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(59),
+        "forgotten after {:?}, before its minute was up",
+        started.elapsed()
+    );
+    let (_, metrics) = cairn.get("/metrics").await;
+    assert!(!metrics.contains("service=\"passing\""), "{metrics}");
+    // The service a listener names stays, empty.
+    let doc = cairn.services().await;
+    assert_eq!(doc["services"]["orders"]["instances"], json!([]), "{doc}");
+    // And one that comes back is routable again.
+    kv.put("/services/passing/x", up.addr.to_string(), None)
+        .await
+        .unwrap();
+    cairn.wait_instances("passing", &["x"], SOON).await;
+}

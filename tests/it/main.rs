@@ -14,6 +14,7 @@ mod floods;
 mod hostile;
 mod http;
 mod layers;
+mod operate;
 mod register;
 mod secure;
 mod tcp;

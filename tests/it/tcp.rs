@@ -252,3 +252,100 @@ async fn a_dead_instances_share_is_split_evenly_between_the_live_ones() {
         "the survivors split 300 connections {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_relay_is_closed_after_idle_timeout_and_a_busy_one_is_kept() {
+    let (_etcd, _ups, cairn, listen) = setup(1, "idle_timeout = \"1s\"").await;
+    let idle = TcpStream::connect(listen).await.unwrap();
+    let mut idle = BufReader::new(idle);
+    let mut line = String::new();
+    idle.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "u0\n");
+
+    // A connection that talks every 300 ms outlives several idle timeouts.
+    let busy = TcpStream::connect(listen).await.unwrap();
+    let mut busy = BufReader::new(busy);
+    let mut greeting_line = String::new();
+    busy.read_line(&mut greeting_line).await.unwrap();
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        busy.get_mut()
+            .write_all(format!("ping {i}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut echo = String::new();
+        busy.read_line(&mut echo).await.unwrap();
+        assert_eq!(echo, format!("ping {i}\n"), "the busy connection was cut");
+    }
+
+    // The silent one was closed meanwhile: cairn ends it, the client reads EOF.
+    line.clear();
+    let n = tokio::time::timeout(SOON, idle.read_line(&mut line))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "read {line:?} instead of EOF");
+    eventually(SOON, "the idle close is counted", || async {
+        let series =
+            format!("cairn_listener_idle_closed_total{{listen=\"{listen}\",service=\"svc\"}}");
+        (cairn.metric(&series).await == 1.0).then_some(())
+    })
+    .await;
+}
+
+/// The keepalive timer of every socket `ss` shows for `port`'s connections, as `ss -tno`
+/// prints it (`timer:(keepalive,59sec,0)`).
+fn keepalive_timers(port: u16) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{port} ")))
+        .map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("timer:"))
+                .unwrap_or("no-timer")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn relayed_sockets_have_tcp_keepalive_on_both_sides() {
+    let (_etcd, ups, _cairn, listen) = setup(1, "tcp_keepalive = \"45s\"").await;
+    let client = TcpStream::connect(listen).await.unwrap();
+    let mut client = BufReader::new(client);
+    let mut line = String::new();
+    client.read_line(&mut line).await.unwrap();
+    // cairn's end of the client connection (local port = the listener's) and its end of the
+    // upstream connection (remote port = the upstream's) both run a keepalive timer.
+    let client_side: Vec<String> = keepalive_timers(listen.port())
+        .into_iter()
+        .filter(|t| t.starts_with("timer:(keepalive"))
+        .collect();
+    assert_eq!(
+        client_side.len(),
+        1,
+        "{:?}",
+        keepalive_timers(listen.port())
+    );
+    let upstream_side: Vec<String> = keepalive_timers(ups[0].addr.port())
+        .into_iter()
+        .filter(|t| t.starts_with("timer:(keepalive"))
+        .collect();
+    assert_eq!(
+        upstream_side.len(),
+        1,
+        "{:?}",
+        keepalive_timers(ups[0].addr.port())
+    );
+    let secs: u64 = client_side[0]
+        .trim_start_matches("timer:(keepalive,")
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("a keepalive timer in seconds");
+    assert!((40..=45).contains(&secs), "{client_side:?}");
+}

@@ -184,6 +184,40 @@ impl Cairn {
         self.config_dir.path()
     }
 
+    /// Writes `config` over the running one and sends SIGHUP; waits for cairn's verdict.
+    /// `Err` carries the log line of a refused reload.
+    pub async fn reload(&self, config: &str) -> Result<(), String> {
+        std::fs::write(self.config_dir.path().join("cairn.toml"), config)
+            .expect("writing the new config");
+        let verdicts = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("config reloaded") || l.contains("config reload refused"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let before = verdicts(&self.log()).len();
+        self.signal("HUP");
+        let line = eventually(Duration::from_secs(20), "cairn answers SIGHUP", || async {
+            verdicts(&self.log()).get(before).cloned()
+        })
+        .await;
+        if line.contains("config reloaded") {
+            Ok(())
+        } else {
+            Err(line)
+        }
+    }
+
+    /// The address `service`'s listener was last bound to, from the log (a reload may have
+    /// added it after start).
+    pub fn listening(&self, service: &str) -> Option<SocketAddr> {
+        self.log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains(": listening service=") && field(l, "service") == Some(service))
+            .find_map(|l| field(l, "listen")?.parse().ok())
+    }
+
     /// `GET path` on the admin endpoint: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path)

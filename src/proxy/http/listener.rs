@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -35,8 +36,8 @@ const IDLE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct HttpListener {
     /// Where requests go.
     pub(crate) routing: Routing,
-    /// Routes shared with the other HTTP listeners.
-    pub(crate) routes: Arc<Routes>,
+    /// Routes shared with the other HTTP listeners, swapped whole by a reload.
+    pub(crate) routes: Arc<ArcSwap<Routes>>,
     /// Sends requests on and answers failures, with this listener's counters.
     pub(crate) forwarder: Forwarder,
     /// Header size and idle limits.
@@ -44,16 +45,18 @@ pub(crate) struct HttpListener {
 }
 
 impl HttpListener {
-    /// Accepts until `shutdown`, then lets in-flight requests finish: idle keep-alive
-    /// connections close at once, busy ones after their current response. A connection with no
-    /// request for the idle timeout is closed the same way.
+    /// Accepts until `stop`, then gives the socket back. Connections are closed gracefully on
+    /// `drain` (in-flight requests finish: idle keep-alive connections close at once, busy ones
+    /// after their current response), and the same way after the idle timeout. A reload that
+    /// only stops accepting leaves them serving.
     pub(crate) async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         caps: Caps,
         tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) {
+        stop: CancellationToken,
+        drain: CancellationToken,
+    ) -> TcpListener {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -69,8 +72,8 @@ impl HttpListener {
             .keep_alive_interval(self.limits.idle_timeout / 2);
         let abort = self.forwarder.abort.clone();
         let idle = self.limits.idle_timeout;
-        let draining = shutdown.clone();
-        accept_loop(listener, caps, shutdown, |stream, peer, permit| {
+        let draining = drain;
+        accept_loop(listener, caps, stop, |stream, peer, permit| {
             self.forwarder.metrics.accepted.inc();
             let _ = stream.set_nodelay(true);
             let this = Arc::clone(&self);
@@ -139,7 +142,7 @@ impl HttpListener {
                 drop(permit);
             });
         })
-        .await;
+        .await
     }
 
     /// Routes one request and forwards it.
@@ -161,28 +164,38 @@ impl HttpListener {
                 })
             };
         }
-        let found;
-        let route = match &self.routing {
-            Routing::Service(route) => route,
-            Routing::Gateway { suffix } => {
-                let Some(host) = request_host(req.headers(), req.uri()) else {
-                    return self.forwarder.answer(&ProxyError::NoHost);
-                };
-                match self.routes.for_host(host, suffix.as_deref()) {
-                    (_, Some(route)) => {
-                        found = route;
-                        &found
+        // The routes of the current config: a reload swaps them, and the next request of a
+        // kept-alive connection follows the new settings.
+        let route = {
+            let routes = self.routes.load();
+            match &self.routing {
+                Routing::Service(name) => {
+                    match routes.configured(name).or_else(|| routes.find(name)) {
+                        Some(route) => route,
+                        None => {
+                            return self.forwarder.answer(&ProxyError::NoInstances {
+                                service: name.clone(),
+                            })
+                        }
                     }
-                    (name, None) => {
-                        return self.forwarder.answer(&ProxyError::UnknownService {
-                            name: name.to_string(),
-                            host: host.to_string(),
-                        })
+                }
+                Routing::Gateway { suffix } => {
+                    let Some(host) = request_host(req.headers(), req.uri()) else {
+                        return self.forwarder.answer(&ProxyError::NoHost);
+                    };
+                    match routes.for_host(host, suffix.as_deref()) {
+                        (_, Some(route)) => route,
+                        (name, None) => {
+                            return self.forwarder.answer(&ProxyError::UnknownService {
+                                name: name.to_string(),
+                                host: host.to_string(),
+                            })
+                        }
                     }
                 }
             }
         };
-        self.forwarder.forward(route, req, peer).await
+        self.forwarder.forward(&route, req, peer).await
     }
 }
 

@@ -46,8 +46,9 @@ pub(crate) struct Routes {
     configured: HashMap<String, Arc<Route>>,
     /// Routes made on first use for services known only from the registry.
     discovered: DashMap<String, Arc<Route>>,
-    /// One pooled client per distinct connect timeout, so most setups share a single pool.
-    clients: Mutex<HashMap<Duration, Upstream>>,
+    /// One pooled client per distinct connect timeout, so most setups share a single pool;
+    /// shared with the routes a reload makes, so kept-alive upstream connections survive it.
+    clients: Arc<Mutex<HashMap<Duration, Upstream>>>,
     /// cairn's own listeners, which no client ever dials.
     own: Arc<OwnAddrs>,
     /// This node's zone, for the policy of discovered services.
@@ -62,11 +63,36 @@ impl Routes {
         zone: Option<String>,
         own: Arc<OwnAddrs>,
     ) -> Arc<Routes> {
+        Routes::build(store, services, zone, own, Arc::default())
+    }
+
+    /// The routes of a reloaded config, reusing these routes' pooled clients.
+    pub(crate) fn renew<'a>(
+        &self,
+        services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
+        zone: Option<String>,
+    ) -> Arc<Routes> {
+        Routes::build(
+            Arc::clone(&self.store),
+            services,
+            zone,
+            Arc::clone(&self.own),
+            Arc::clone(&self.clients),
+        )
+    }
+
+    fn build<'a>(
+        store: Arc<Store>,
+        services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
+        zone: Option<String>,
+        own: Arc<OwnAddrs>,
+        clients: Arc<Mutex<HashMap<Duration, Upstream>>>,
+    ) -> Arc<Routes> {
         let mut routes = Routes {
             store,
             configured: HashMap::new(),
             discovered: DashMap::new(),
-            clients: Mutex::new(HashMap::new()),
+            clients,
             own,
             zone,
         };
@@ -89,8 +115,13 @@ impl Routes {
             return Some(Arc::clone(route));
         }
         if let Some(route) = self.discovered.get(service) {
-            return Some(Arc::clone(&route));
+            if !route.cell.is_retired() {
+                return Some(Arc::clone(&route));
+            }
         }
+        // Unknown, or pruned from the store since: a route to the service's current cell.
+        self.discovered
+            .remove_if(service, |_, route| route.cell.is_retired());
         self.store.get(service)?;
         // A service met only through a gateway gets the default policy, in this node's zone.
         let config = RouteConfig::default();
@@ -147,8 +178,8 @@ fn upstream_client(connect_timeout: Duration, own: &Arc<OwnAddrs>) -> Upstream {
 
 /// Where a listener sends requests.
 pub(crate) enum Routing {
-    /// Every request goes to one service.
-    Service(Arc<Route>),
+    /// Every request goes to this service.
+    Service(String),
     /// The Host header names the service; `suffix` is stripped from it first.
     Gateway {
         /// Lowercase suffix such as `.svc.local`.

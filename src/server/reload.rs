@@ -1,0 +1,165 @@
+//! Applying a new config to a running cairn (SIGHUP): everything that can fail is done first
+//! (reading the file, binding new sockets, connecting to a new etcd), so a refused reload
+//! changes nothing; then each part takes what changed, and no open connection is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use super::etcd_side::{EtcdSide, Wiring};
+use super::plane::Spec;
+use super::running::{bind, configure_cells, registrar, specs, Running};
+use crate::admin::ADMIN_BACKLOG;
+use crate::config::Config;
+use crate::error::Error;
+
+/// What a reload changed, for its log line.
+#[derive(Debug, Default)]
+struct Changes {
+    added: usize,
+    removed: usize,
+    changed: usize,
+    etcd: bool,
+    registrations: bool,
+    admin: bool,
+}
+
+impl Running {
+    /// Reads the config file again and applies it; an invalid file, or one whose new ports
+    /// or etcd cannot be had, is logged with what is wrong and the running config kept.
+    pub(super) async fn reload(&mut self) {
+        let Some(path) = self.path.clone() else {
+            info!("SIGHUP received, but this cairn has no config file to read again");
+            return;
+        };
+        info!(path = %path.display(), "SIGHUP received, reloading the config");
+        let applied = match Config::load(&path) {
+            Ok(next) => self.apply(next).await,
+            Err(e) => Err(Error::Config(e)),
+        };
+        match applied {
+            Ok(c) => {
+                self.reloads.count(true);
+                info!(
+                    listeners_added = c.added,
+                    listeners_removed = c.removed,
+                    listeners_changed = c.changed,
+                    etcd_reconnected = c.etcd,
+                    registrations_changed = c.registrations,
+                    admin_moved = c.admin,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                self.reloads.count(false);
+                error!(error = %e, "config reload refused, still running the previous config");
+            }
+        }
+    }
+
+    async fn apply(&mut self, next: Config) -> Result<Changes, Error> {
+        // First what can fail, so a refused reload leaves everything as it was.
+        let wanted = specs(&next);
+        let mut fresh: HashMap<_, TcpListener> = HashMap::new();
+        for spec in &wanted {
+            if !self.plane.has(&spec.identity()) {
+                let listener = bind(spec.listen(), spec.max_connections(), &spec.what())?;
+                fresh.insert(spec.identity(), listener);
+            }
+        }
+        let admin_socket = match next.admin.listen == self.config.admin.listen {
+            true => None,
+            false => Some(bind(next.admin.listen, ADMIN_BACKLOG, "[admin]")?),
+        };
+        let wiring = Wiring::of(&next);
+        let side = match wiring == self.side.wiring {
+            true => None,
+            false => {
+                Some(EtcdSide::start(wiring, &self.plane.shared().store, &self.side_metrics).await?)
+            }
+        };
+        if next.workers != self.config.workers {
+            warn!(
+                running = self.config.workers,
+                configured = next.workers,
+                "[runtime] workers takes effect at the next restart"
+            );
+        }
+
+        // Then every part takes what changed.
+        let mut changes = Changes::default();
+        let shared = self.plane.shared();
+        configure_cells(&shared.store, &next, Some(&self.config));
+        let routes = shared.routes.load().renew(
+            next.services.iter().map(|s| (&s.name, &s.route)),
+            next.zone.clone(),
+        );
+        shared.routes.store(routes);
+        let keep: Vec<_> = wanted.iter().map(Spec::identity).collect();
+        for gone in self.plane.absent_from(&keep) {
+            self.plane.remove(&gone, self.grace).await;
+            changes.removed += 1;
+        }
+        for spec in wanted {
+            match fresh.remove(&spec.identity()) {
+                Some(listener) => {
+                    self.plane.start(spec, listener);
+                    changes.added += 1;
+                }
+                None => changes.changed += usize::from(self.plane.hand_over(spec).await),
+            }
+        }
+        self.admin.set_max_stale(next.admin.max_stale);
+        if let Some(socket) = admin_socket {
+            self.admin_stop.cancel();
+            let _ = (&mut self.admin_task).await;
+            self.admin_addr = socket
+                .local_addr()
+                .expect("a bound listener has a local address");
+            self.admin_stop = tokio_util::sync::CancellationToken::new();
+            self.admin_task =
+                tokio::spawn(Arc::clone(&self.admin).run(socket, self.admin_stop.clone()));
+            info!(admin = %self.admin_addr, "admin endpoint moved");
+            changes.admin = true;
+        }
+        self.own_addrs();
+
+        let registrations_changed = next.registrations != self.config.registrations
+            || next.lease_ttl != self.config.lease_ttl;
+        if let Some(side) = side {
+            // The old registrar's lease is left to expire: the new one rewrites the keys under
+            // its own lease at once, so they never disappear in between.
+            if let Some(old) = self.registrar.take() {
+                old.abandon().await;
+            }
+            std::mem::replace(&mut self.side, side).stop().await;
+            changes.etcd = true;
+            if !next.registrations.is_empty() {
+                let status = Arc::clone(&self.registration);
+                self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
+            }
+        } else if registrations_changed {
+            match self.registrar.take() {
+                Some(r) if next.registrations.is_empty() => {
+                    r.stop().await;
+                    self.registration.set_registrations(&[]);
+                }
+                Some(r) => {
+                    r.update(next.lease_ttl, next.registrations.clone());
+                    self.registrar = Some(r);
+                }
+                None if next.registrations.is_empty() => {}
+                None => {
+                    let status = Arc::clone(&self.registration);
+                    self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
+                }
+            }
+        }
+        changes.registrations = registrations_changed;
+        self.config = next;
+        self.start_checks();
+        Ok(changes)
+    }
+}
