@@ -168,6 +168,19 @@ impl Admin {
             return unavailable("draining\n".to_string());
         }
         if !self.store.synced() {
+            if let Some(written_at) = self.store.cached_at() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let age = Duration::from_secs(now.saturating_sub(written_at));
+                return text(
+                    StatusCode::OK,
+                    format!(
+                        "ready (from cache, {} old)\n",
+                        humantime::format_duration(age)
+                    ),
+                );
+            }
             return unavailable("waiting for the first sync with etcd\n".to_string());
         }
         let Some(stale) = self.freshness.stale_for() else {

@@ -1,7 +1,8 @@
 //! The TOML configuration file, aggregated from the sections each component owns.
 //!
-//! This module parses the file, reads `[node]` and `[runtime]`, hands `[etcd]`, `[admin]`, each `[[service]]`, `[[gateway]]` and
-//! `[[register]]` block to the component that owns its settings, and checks what spans sections
+//! This module parses the file, reads `[node]` and `[runtime]`, hands `[etcd]`, `[admin]`,
+//! `[cache]`, each `[[service]]`, `[[gateway]]` and `[[register]]` block to the component that
+//! owns its settings, and checks what spans sections
 //! (service names, listen addresses). Every mistake is reported as one [`ConfigError`] naming
 //! the file, the line and the key, so `cairn check` and `cairn run` print a single line an
 //! operator can act on.
@@ -19,6 +20,7 @@ use toml::Spanned;
 pub use error::ConfigError;
 
 use crate::admin::{AdminConfig, RawAdmin};
+use crate::cache::{CacheConfig, RawCache};
 use crate::etcd::{EtcdConfig, RawEtcd};
 use crate::field::{within, FieldError, FieldResult, Key, Lines, ListenAddr};
 use crate::proxy::config::{RawGateway, RawService};
@@ -45,6 +47,8 @@ pub struct Config {
     pub zone: Option<String>,
     /// Worker threads of the runtime (`[runtime] workers`); by default one per core.
     pub workers: usize,
+    /// Where the registry is persisted for a cold start while etcd is away; off by default.
+    pub cache: Option<CacheConfig>,
 }
 
 /// The number of cores this process may run on, the default for `[runtime] workers`.
@@ -67,6 +71,7 @@ impl Default for Config {
             lease_ttl: Ttl::default().0,
             zone: None,
             workers: cores(),
+            cache: None,
         }
     }
 }
@@ -114,6 +119,7 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     runtime: RawRuntime,
+    cache: Option<RawCache>,
 }
 
 /// The `[runtime]` table as written.
@@ -226,9 +232,14 @@ impl RawConfig {
             1..MAX_WORKERS + 1,
             cores() as u64,
         )? as usize;
+        let cache = match self.cache {
+            Some(c) => Some(c.validate(&Key::new("cache"))?),
+            None => None,
+        };
         Ok(Config {
             zone,
             workers,
+            cache,
             etcd,
             admin,
             services,

@@ -25,7 +25,9 @@ mod model;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -66,6 +68,28 @@ pub struct Discovery<L, S> {
     sink: S,
     /// Counters for `/metrics`.
     metrics: DiscoveryMetrics,
+    /// What to serve if etcd does not answer the first list in time; taken when delivered.
+    fallback: Option<Fallback>,
+    /// When the fallback is due.
+    fallback_at: Option<Instant>,
+    /// The cluster the delivered fallback came from, compared with the first list's.
+    fallback_cluster: Option<u64>,
+}
+
+/// The registry as a cache file saw it, served when etcd does not answer a first list in
+/// time: a node that reboots while etcd is away still routes.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// How long the first list may take before the fallback is served.
+    pub after: Duration,
+    /// The cluster the file was written from.
+    pub cluster_id: u64,
+    /// The revision it was written at.
+    pub revision: i64,
+    /// Its instances, with their services.
+    pub instances: Vec<(String, Arc<Instance>)>,
+    /// When it was written, in seconds since the Unix epoch.
+    pub written_at: u64,
 }
 
 /// Why a watch stream ended.
@@ -104,7 +128,39 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             service: None,
             sink,
             metrics,
+            fallback: None,
+            fallback_at: None,
+            fallback_cluster: None,
         }
+    }
+
+    /// Serves `fallback` if no list succeeds within its `after` of the start.
+    pub fn with_fallback(mut self, fallback: Option<Fallback>) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Delivers the fallback, once, if it is due and nothing was listed yet.
+    fn serve_fallback(&mut self) {
+        let Some(f) = self.fallback.take() else {
+            return;
+        };
+        let age = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |now| now.as_secs())
+            .saturating_sub(f.written_at);
+        warn!(
+            revision = f.revision,
+            instances = f.instances.len(),
+            age = %humantime::format_duration(Duration::from_secs(age)),
+            "etcd has not answered; routing from the cache file until it does"
+        );
+        self.fallback_cluster = Some(f.cluster_id);
+        self.sink.apply(Update::Cached {
+            revision: f.revision,
+            instances: f.instances,
+            written_at: f.written_at,
+        });
     }
 
     /// Reads every key under the prefix as an instance of `service`, whatever its path: the id
@@ -136,20 +192,37 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
         let mut outage = Outage::default();
         let mut at = Position::default();
         let mut watches = 0u64;
+        self.fallback_at = self.fallback.as_ref().map(|f| Instant::now() + f.after);
         loop {
             let applied = match at.applied {
                 Some(rev) => rev,
-                None => match cancellable(&shutdown, self.list(&mut at)).await {
-                    None => return,
-                    Some(Ok(rev)) => rev,
-                    Some(Err(e)) => {
-                        outage.failed("listing the registry", &e.to_string());
-                        if !sleep(&shutdown, backoff.next_delay()).await {
-                            return;
+                None => {
+                    // The fallback's time may come while a list hangs or between attempts.
+                    let due = self.fallback.as_ref().and(self.fallback_at);
+                    let listed = tokio::select! {
+                        r = cancellable(&shutdown, self.list(&mut at)) => r,
+                        _ = crate::shutdown::until(due) => {
+                            self.serve_fallback();
+                            continue;
                         }
-                        continue;
+                    };
+                    match listed {
+                        None => return,
+                        Some(Ok(rev)) => rev,
+                        Some(Err(e)) => {
+                            outage.failed("listing the registry", &e.to_string());
+                            let delay = backoff.next_delay();
+                            let due = self.fallback.as_ref().and(self.fallback_at);
+                            tokio::select! {
+                                _ = crate::shutdown::until(due) => self.serve_fallback(),
+                                slept = sleep(&shutdown, delay) => if !slept {
+                                    return;
+                                },
+                            }
+                            continue;
+                        }
                     }
-                },
+                }
             };
 
             let stream = match cancellable(&shutdown, self.source.watch(applied + 1)).await {
@@ -204,6 +277,20 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             );
         }
         at.cluster_id = cluster_id;
+        self.metrics.freshness.set_cluster(cluster_id);
+        // Listed in time: the fallback is never served.
+        self.fallback = None;
+        if let Some(cached) = self.fallback_cluster.take() {
+            if cached != cluster_id {
+                warn!(
+                    cache = cached,
+                    etcd = cluster_id,
+                    "etcd answers as another cluster than the one the cache file was written from; serving etcd's registry"
+                );
+            } else {
+                info!("etcd answers again; its registry replaces the cache file's");
+            }
+        }
         let instances: Vec<(String, Arc<Instance>)> =
             listing.kvs.iter().filter_map(|kv| self.read(kv)).collect();
         self.metrics.lists.inc();

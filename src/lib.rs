@@ -34,7 +34,8 @@
 //!    - [`register`]: this node's own instances under a kept-alive lease, gated on health
 //!      checks, behind the [`register::LeaseKeys`] trait;
 //!    - [`proxy`]: the TCP and HTTP data planes with one failure path;
-//!    - [`admin`]: `/healthz`, `/readyz`, `/services`, `/metrics`.
+//!    - [`admin`]: `/healthz`, `/readyz`, `/services`, `/metrics`;
+//!    - [`cache`]: the registry persisted to a file, served at a start while etcd is away.
 //! 4. **Top**: [`config`] aggregates the sections, [`server`] wires the components together,
 //!    [`cli`] and [`dev`] are the commands, [`Error`] what stops them.
 
@@ -65,6 +66,7 @@ pub mod shutdown;
 pub(crate) mod throttle;
 
 pub mod admin;
+pub mod cache;
 pub mod discovery;
 pub mod etcd;
 pub mod proxy;

@@ -15,6 +15,17 @@ pub enum Update {
         /// Every usable instance, with its service.
         instances: Vec<(String, Arc<Instance>)>,
     },
+    /// The registry as a cache file saw it when etcd last answered, used at a start while etcd
+    /// does not answer. Replaces everything before, like `Reset`, but the first `Reset` that
+    /// follows replaces it in turn.
+    Cached {
+        /// The revision the cache was written at.
+        revision: i64,
+        /// Every usable instance in the file, with its service.
+        instances: Vec<(String, Arc<Instance>)>,
+        /// When the file was written, in seconds since the Unix epoch.
+        written_at: u64,
+    },
     /// The changes of one watch response, in order; all happened at or below `revision`.
     Changes {
         /// The highest revision applied by these changes.

@@ -226,6 +226,8 @@ impl Sink for Printer {
                     );
                 }
             }
+            // `cairn watch` reads no cache file.
+            Update::Cached { .. } => {}
             Update::Changes { changes, .. } => {
                 for change in changes {
                     match change {

@@ -395,3 +395,25 @@ fn runtime_workers_default_to_the_cores_and_are_bounded() {
     let e = parse("[runtime]\nthreads = 2\n").unwrap_err();
     assert!(e.message.contains("unknown field `threads`"), "{e}");
 }
+
+#[test]
+fn the_cache_section_is_read_and_checked() {
+    assert_eq!(parse("").unwrap().cache, None);
+    let c = parse("[cache]\npath = \"/var/lib/cairn/registry.json\"\n").unwrap();
+    let cache = c.cache.unwrap();
+    assert_eq!(
+        cache.path,
+        std::path::PathBuf::from("/var/lib/cairn/registry.json")
+    );
+    assert_eq!(cache.max_age, Duration::from_secs(24 * 3600));
+    let e = parse("[cache]\npath = \"/var/lib/cairn/\"\n").unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(2), Some("cache.path")),
+        "{e}"
+    );
+    let e = parse("[cache]\npath = \"/x.json\"\nmax_age = \"1s\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("cache.max_age"), "{e}");
+    let e = parse("[cache]\nmax_age = \"1h\"\n").unwrap_err();
+    assert!(e.message.contains("missing field `path`"), "{e}");
+}

@@ -67,6 +67,11 @@ impl FakeEtcd {
         self.calls.recv().await.expect("discovery stopped calling")
     }
 
+    /// Waits for the next call and holds it unanswered for as long as the result lives.
+    pub(super) async fn call_held(&mut self) -> Call {
+        self.call().await
+    }
+
     /// Waits for a list and answers it with `kvs` at `header`.
     pub(super) async fn list(&mut self, header: Header, kvs: Vec<Kv>) {
         self.list_result(Ok(Listing { header, kvs })).await;

@@ -15,6 +15,8 @@ pub struct Freshness {
     connected: AtomicBool,
     /// Milliseconds after `origin` of the last answer from etcd.
     last_contact: AtomicU64,
+    /// The id of the cluster that answered the last list (0 before any).
+    cluster: AtomicU64,
 }
 
 impl Default for Freshness {
@@ -23,6 +25,7 @@ impl Default for Freshness {
             origin: Instant::now(),
             connected: AtomicBool::new(false),
             last_contact: AtomicU64::new(0),
+            cluster: AtomicU64::new(0),
         }
     }
 }
@@ -40,6 +43,16 @@ impl Freshness {
             self.contact();
         }
         self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Records the cluster that answered a list.
+    pub(crate) fn set_cluster(&self, id: u64) {
+        self.cluster.store(id, Ordering::Relaxed);
+    }
+
+    /// The id of the cluster that answered the last list; 0 before any.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.load(Ordering::Relaxed)
     }
 
     /// Whether the watch is open and current.

@@ -107,7 +107,9 @@ struct Tap(StoreWriter, watch::Sender<i64>);
 impl Sink for Tap {
     fn apply(&mut self, update: Update) {
         let revision = match &update {
-            Update::Reset { revision, .. } | Update::Changes { revision, .. } => *revision,
+            Update::Reset { revision, .. }
+            | Update::Cached { revision, .. }
+            | Update::Changes { revision, .. } => *revision,
         };
         self.0.apply(update);
         let _ = self.1.send(revision);

@@ -338,3 +338,103 @@ async fn shutdown_interrupts_every_wait() {
     d.etcd.list_result(Err(EtcdError::new("down"))).await;
     d.stop().await;
 }
+
+fn start_with_fallback(after: Duration) -> Running {
+    let (source, etcd) = pair();
+    let (tx, updates) = mpsc::unbounded_channel();
+    let metrics = DiscoveryMetrics::default();
+    let stop = CancellationToken::new();
+    let fallback = Fallback {
+        after,
+        cluster_id: CLUSTER,
+        revision: 40,
+        instances: vec![("svc".to_string(), Instance::plain("cached", "10.0.0.9:80"))],
+        written_at: 1,
+    };
+    let task = Discovery::with_source(source, "/s/", tx, metrics.clone())
+        .with_fallback(Some(fallback))
+        .spawn(stop.clone());
+    Running {
+        etcd,
+        updates,
+        metrics,
+        stop,
+        task,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_is_served_when_etcd_does_not_list_in_time_and_replaced_when_it_does() {
+    let began = Instant::now();
+    let mut d = start_with_fallback(Duration::from_secs(5));
+    // etcd refuses every list for a while.
+    for _ in 0..3 {
+        d.etcd
+            .list_result(Err(EtcdError::new("connection refused")))
+            .await;
+    }
+    match d.update().await {
+        Update::Cached {
+            revision,
+            instances,
+            written_at,
+        } => {
+            assert_eq!((revision, written_at), (40, 1));
+            assert_eq!(instances[0].1.id, "cached");
+        }
+        other => panic!("expected the cache, got {other:?}"),
+    }
+    assert_eq!(began.elapsed(), Duration::from_secs(5), "served when due");
+    // Lists go on (the one the cache interrupted is answered to nobody); the first that
+    // succeeds replaces the cache.
+    let replaced = loop {
+        d.etcd
+            .list(at(50), vec![kv("/s/svc/live", "10.0.0.1:80", 50)])
+            .await;
+        if let Ok(update) = tokio::time::timeout(Duration::from_secs(1), d.update()).await {
+            break update;
+        }
+    };
+    match replaced {
+        Update::Reset {
+            revision,
+            instances,
+        } => {
+            assert_eq!(revision, 50);
+            assert_eq!(instances[0].1.id, "live");
+        }
+        other => panic!("expected etcd's list, got {other:?}"),
+    }
+    d.stop.cancel();
+    d.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_that_hangs_past_the_deadline_does_not_hold_the_cache_back() {
+    let mut d = start_with_fallback(Duration::from_secs(5));
+    // The list is asked for and never answered (a blackholed member).
+    let pending = tokio::spawn(async move {
+        let _hold = d.etcd.call_held().await;
+        std::future::pending::<()>().await;
+    });
+    match d.updates.recv().await.expect("an update") {
+        Update::Cached { .. } => {}
+        other => panic!("expected the cache, got {other:?}"),
+    }
+    pending.abort();
+    d.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_in_time_means_the_cache_is_never_served() {
+    let mut d = start_with_fallback(Duration::from_secs(5));
+    d.etcd
+        .list(at(50), vec![kv("/s/svc/live", "10.0.0.1:80", 50)])
+        .await;
+    assert_eq!(d.reset().await, (50, vec!["svc/live".to_string()]));
+    let (_, _feed) = d.etcd.watch(at(50)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(d.updates.try_recv().is_err(), "nothing else was delivered");
+    d.stop.cancel();
+    d.task.await.unwrap();
+}

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Config;
-use crate::discovery::{Discovery, DiscoveryMetrics};
+use crate::discovery::{Discovery, DiscoveryMetrics, Fallback};
 use crate::error::Error;
 use crate::etcd::{Etcd, EtcdConfig, EtcdMetrics, Members};
 use crate::snapshot::{Scope, Store, StoreWriter};
@@ -59,7 +59,8 @@ pub(crate) struct SideMetrics {
 }
 
 impl EtcdSide {
-    /// Connects to etcd and starts discovery into `store`.
+    /// Connects to etcd and starts discovery into `store`; `fallback` is served if etcd does
+    /// not answer a first list in time.
     ///
     /// # Errors
     /// When the client cannot be built from the configured endpoints and TLS files.
@@ -67,6 +68,7 @@ impl EtcdSide {
         wiring: Wiring,
         store: &Arc<Store>,
         metrics: &SideMetrics,
+        fallback: Option<Fallback>,
     ) -> Result<EtcdSide, Error> {
         let etcd = Etcd::connect(&wiring.etcd, metrics.etcd.clone()).await?;
         let stop = CancellationToken::new();
@@ -85,6 +87,7 @@ impl EtcdSide {
                 ),
                 metrics.discovery.clone(),
             )
+            .with_fallback(fallback.clone())
             .spawn(stop.clone()),
         );
         for (service, key) in &wiring.keyed {
@@ -97,6 +100,7 @@ impl EtcdSide {
             tasks.push(
                 Discovery::new(etcd.clone(), key, writer, own)
                     .for_service(service)
+                    .with_fallback(fallback.clone())
                     .spawn(stop.clone()),
             );
         }

@@ -76,9 +76,10 @@ impl Running {
         let wiring = Wiring::of(&next);
         let side = match wiring == self.side.wiring {
             true => None,
-            false => {
-                Some(EtcdSide::start(wiring, &self.plane.shared().store, &self.side_metrics).await?)
-            }
+            false => Some(
+                EtcdSide::start(wiring, &self.plane.shared().store, &self.side_metrics, None)
+                    .await?,
+            ),
         };
         if next.workers != self.config.workers {
             warn!(
@@ -158,6 +159,9 @@ impl Running {
             }
         }
         changes.registrations = registrations_changed;
+        if next.cache != self.config.cache {
+            self.start_cache(next.cache.clone());
+        }
         self.config = next;
         self.start_checks();
         Ok(changes)

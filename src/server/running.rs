@@ -20,6 +20,7 @@ use super::plane::{Plane, Shared, Spec};
 use super::prune;
 use super::reloads::ReloadMetrics;
 use crate::admin::{Admin, StoreCollector};
+use crate::cache::CacheConfig;
 use crate::config::Config;
 use crate::discovery::DiscoveryMetrics;
 use crate::error::Error;
@@ -106,6 +107,8 @@ pub(super) struct Running {
     pub(super) checks_stop: CancellationToken,
     /// The active health checks.
     pub(super) checks: Vec<JoinHandle<()>>,
+    /// The task writing the cache file, with what stops it.
+    pub(super) cache: Option<(CancellationToken, JoinHandle<()>)>,
     /// Stops the background tasks after the drain.
     pub(super) background: CancellationToken,
     /// Forgets services that left the registry.
@@ -130,7 +133,18 @@ impl Running {
         };
         side_metrics.etcd.register(&mut registry);
         side_metrics.discovery.register(&mut registry);
-        let side = EtcdSide::start(Wiring::of(&config), &server.store, &side_metrics).await?;
+        // Read before discovery starts, served only if etcd does not answer in time.
+        let fallback = match config.cache.clone() {
+            Some(cache) => {
+                let after = config.etcd.dial_timeout;
+                tokio::task::spawn_blocking(move || crate::cache::load(&cache, after))
+                    .await
+                    .unwrap_or(None)
+            }
+            None => None,
+        };
+        let side =
+            EtcdSide::start(Wiring::of(&config), &server.store, &side_metrics, fallback).await?;
 
         // Registration runs beside the proxy on its own task: neither can stop the other.
         let registration = Arc::new(Status::new(&config.registrations));
@@ -192,12 +206,14 @@ impl Running {
             registration,
             checks_stop: CancellationToken::new(),
             checks: Vec::new(),
+            cache: None,
             background,
             pruning,
             reloads,
         };
         running.own_addrs();
         running.start_checks();
+        running.start_cache(running.config.cache.clone());
         // Logged last, after every listener's address: whoever waits for it knows them all.
         let endpoints: Vec<&str> = running
             .config
@@ -237,6 +253,23 @@ impl Running {
             .collect();
     }
 
+    /// Writes the registry to `cache` from now on (stopping the writer of an earlier one).
+    pub(super) fn start_cache(&mut self, cache: Option<CacheConfig>) {
+        if let Some((stop, _)) = self.cache.take() {
+            stop.cancel();
+        }
+        self.cache = cache.map(|c| {
+            let stop = self.background.child_token();
+            let task = tokio::spawn(crate::cache::run(
+                c,
+                Arc::clone(&self.plane.shared().store),
+                Arc::clone(&self.side_metrics.discovery.freshness),
+                stop.clone(),
+            ));
+            (stop, task)
+        });
+    }
+
     /// Stops accepting, revokes the lease, drains within the grace period, then stops the
     /// background tasks.
     pub(super) async fn shut_down(mut self) {
@@ -266,6 +299,9 @@ impl Running {
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         let _ = self.pruning.await;
+        if let Some((_, task)) = self.cache {
+            let _ = task.await;
+        }
         info!("cairn stopped");
     }
 }

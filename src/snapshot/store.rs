@@ -1,6 +1,6 @@
 //! Every service cairn knows, each with its [`ServiceCell`], and the etcd revision they reflect.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -18,6 +18,12 @@ pub struct Store {
     revision: AtomicI64,
     /// Whether a full list of the registry has been applied at least once.
     synced: AtomicBool,
+    /// While the snapshots come from a cache file (etcd has not answered since start): when
+    /// the file was written, in seconds since the Unix epoch; 0 otherwise.
+    cached_at: AtomicU64,
+    /// Counts every swap of a snapshot and every service forgotten, so a reader can tell
+    /// whether anything changed since it last looked.
+    changes: AtomicU64,
 }
 
 impl Store {
@@ -89,6 +95,7 @@ impl Store {
                 None => return,
                 Some(instances) => {
                     if cell.publish(instances) {
+                        self.changes.fetch_add(1, Ordering::AcqRel);
                         return;
                     }
                 }
@@ -109,9 +116,14 @@ impl Store {
     /// Removes `service` if it is unpinned, still empty, and unchanged since `version`; its cell
     /// is marked retired. Returns whether it was removed.
     pub fn prune(&self, service: &str, version: u64) -> bool {
-        self.services
+        let removed = self
+            .services
             .remove_if(service, |_, cell| cell.retire_if_unused(version))
-            .is_some()
+            .is_some();
+        if removed {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
     }
 
     /// Records that every update up to `revision` is applied; `listed` after a full list.
@@ -119,7 +131,28 @@ impl Store {
         self.revision.store(revision, Ordering::Release);
         if listed {
             self.synced.store(true, Ordering::Release);
+            self.cached_at.store(0, Ordering::Release);
         }
+    }
+
+    /// Records that the snapshots come from a cache file written at `written_at` (Unix
+    /// seconds), at `revision`.
+    pub(super) fn restored(&self, revision: i64, written_at: u64) {
+        self.revision.store(revision, Ordering::Release);
+        self.cached_at.store(written_at.max(1), Ordering::Release);
+    }
+
+    /// When the cache file the snapshots come from was written (Unix seconds), while they do.
+    pub fn cached_at(&self) -> Option<u64> {
+        match self.cached_at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+
+    /// A number that changes whenever any snapshot does.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// The names of the services that currently have instances.

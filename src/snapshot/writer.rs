@@ -148,6 +148,16 @@ impl Sink for StoreWriter {
                     self.store.applied(revision, true);
                 }
             }
+            Update::Cached {
+                revision,
+                instances,
+                written_at,
+            } => {
+                self.reset(instances);
+                if let Scope::AllBut(_) = self.scope {
+                    self.store.restored(revision, written_at);
+                }
+            }
             Update::Changes { revision, changes } => {
                 self.change(changes);
                 if let Scope::AllBut(_) = self.scope {

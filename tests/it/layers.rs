@@ -22,7 +22,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
     ),
     (
         "components",
-        &["admin", "discovery", "etcd", "proxy", "register"],
+        &["admin", "cache", "discovery", "etcd", "proxy", "register"],
     ),
     ("top", &["cli", "config", "dev", "error", "server", "lib"]),
 ];

@@ -327,3 +327,97 @@ async fn a_reload_that_changes_etcd_reconnects_and_the_registration_never_leaves
         }
     }
 }
+
+#[tokio::test]
+async fn a_cold_start_with_etcd_down_routes_from_the_cache_until_etcd_answers() {
+    let mut etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let a = Tagged::start("a").await;
+    kv.put("/services/svc/a", a.addr.to_string(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("registry.json");
+    let text = format!(
+        "{}\n[cache]\npath = \"{}\"\n",
+        config(&etcd.endpoint(), &["svc"], "")
+            .replace("[etcd]\n", "[etcd]\ndial_timeout = \"500ms\"\n"),
+        cache.display()
+    );
+    let mut first = Cairn::start(&text).await;
+    first.wait_instances("svc", &["a"], SOON).await;
+    eventually(SOON, "the cache file is written", || async {
+        let body = std::fs::read_to_string(&cache).ok()?;
+        body.contains(&a.addr.to_string()).then_some(())
+    })
+    .await;
+    first.signal("TERM");
+    first.wait_exit(SOON).await;
+
+    // The node restarts while etcd is away: it routes from the file.
+    etcd.kill();
+    let second = Cairn::start(&text).await;
+    assert_eq!(
+        eventually(SOON, "a connection is routed", || async {
+            greeting(second.listen(0)).await
+        })
+        .await,
+        "a"
+    );
+    let (status, body) = second.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready (from cache, "), "{body}");
+    assert!(
+        second.log().contains("routing from the cache file"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(second.metric("cairn_registry_synced").await, 0.0);
+
+    // etcd comes back with another registry: it replaces the file's.
+    let b = Tagged::start("b").await;
+    etcd.restart().await;
+    let mut kv = etcd.client().await;
+    kv.put("/services/svc/b", b.addr.to_string(), None)
+        .await
+        .unwrap();
+    kv.delete("/services/svc/a", None).await.unwrap();
+    second.wait_instances("svc", &["b"], SOON).await;
+    eventually(SOON, "ready, current with etcd", || async {
+        (second.get("/readyz").await == (200, "ready\n".to_string())).then_some(())
+    })
+    .await;
+    assert!(
+        second.log().contains("replaces the cache file's"),
+        "{}",
+        second.log()
+    );
+    eventually(SOON, "the file follows etcd again", || async {
+        let body = std::fs::read_to_string(&cache).ok()?;
+        (body.contains(&b.addr.to_string()) && !body.contains(&a.addr.to_string())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_file_is_one_warning_and_ignored() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("registry.json");
+    std::fs::write(&cache, "{\"version\": 1, \"writ").unwrap();
+    let text = format!(
+        "{}\n[cache]\npath = \"{}\"\n",
+        config(&etcd.endpoint(), &["svc"], ""),
+        cache.display()
+    );
+    let cairn = Cairn::start(&text).await;
+    cairn.wait_ready().await;
+    let log = cairn.log();
+    assert_eq!(log.matches("the cache file is corrupt").count(), 1, "{log}");
+    // Listed from etcd, and the file is written anew.
+    eventually(SOON, "the cache file is rewritten", || async {
+        let body = std::fs::read_to_string(&cache).ok()?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    })
+    .await;
+}
