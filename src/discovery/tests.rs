@@ -50,11 +50,17 @@ struct Running {
 }
 
 fn start() -> Running {
+    start_with(None)
+}
+
+fn start_with(fallback: Option<Fallback>) -> Running {
     let (source, etcd) = pair();
     let (tx, updates) = mpsc::unbounded_channel();
     let metrics = DiscoveryMetrics::default();
     let stop = CancellationToken::new();
-    let task = Discovery::with_source(source, "/s/", tx, metrics.clone()).spawn(stop.clone());
+    let task = Discovery::with_source(source, "/s/", tx, metrics.clone())
+        .with_fallback(fallback)
+        .spawn(stop.clone());
     Running {
         etcd,
         updates,
@@ -340,27 +346,13 @@ async fn shutdown_interrupts_every_wait() {
 }
 
 fn start_with_fallback(after: Duration) -> Running {
-    let (source, etcd) = pair();
-    let (tx, updates) = mpsc::unbounded_channel();
-    let metrics = DiscoveryMetrics::default();
-    let stop = CancellationToken::new();
-    let fallback = Fallback {
+    start_with(Some(Fallback {
         after,
         cluster_id: CLUSTER,
         revision: 40,
         instances: vec![("svc".to_string(), Instance::plain("cached", "10.0.0.9:80"))],
         written_at: 1,
-    };
-    let task = Discovery::with_source(source, "/s/", tx, metrics.clone())
-        .with_fallback(Some(fallback))
-        .spawn(stop.clone());
-    Running {
-        etcd,
-        updates,
-        metrics,
-        stop,
-        task,
-    }
+    }))
 }
 
 #[tokio::test(start_paused = true)]
