@@ -72,6 +72,11 @@ fn main() -> ExitCode {
                     .await
             }))
         }
+        Command::Completions { shell } => {
+            cli::completions(shell);
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => finish(cli::man(dir.as_deref())),
         Command::Dev => block_on(async {
             let shutdown = cairn::shutdown::on_signal();
             cairn::dev::run(shutdown).await

@@ -26,7 +26,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy (and the config's registrations) until SIGINT or SIGTERM.
+    /// Run the proxy (and the config's registrations) until SIGINT or SIGTERM; SIGHUP reloads
+    /// the config file.
     Run {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
@@ -43,6 +44,17 @@ pub enum Command {
     },
     /// Start a throwaway etcd, two demo backends and a proxy, and show how to try them.
     Dev,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, or write one page per command into a directory.
+    Man {
+        /// Write cairn.1 and a page per subcommand (cairn-run.1, …) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Register one instance until SIGINT or SIGTERM, then deregister it.
     Register(RegisterArgs),
     /// Delete one instance's key.

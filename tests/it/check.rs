@@ -55,3 +55,55 @@ fn bad_files_fail_with_one_line_naming_key_and_line() {
         assert_eq!(out.trim().lines().count(), 1, "not one line: {out}");
     }
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_reloads_with_sighup() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/cairn.service"
+    ))
+    .unwrap();
+    for needed in [
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStartPre=/usr/local/bin/cairn check -c /etc/cairn/cairn.toml",
+        "StateDirectory=cairn",
+        "LimitNOFILE=1048576",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed}");
+    }
+    let Some(analyze) = crate::support::etcd::which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed: the unit's syntax is not checked");
+        return;
+    };
+    // verify also checks that the programs exist: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/cairn", &bin())).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn completions_and_manual_pages_come_from_the_flags() {
+    let out = Command::new(bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for flag in ["--shutdown-grace", "--password-file", "--check-http"] {
+        assert!(script.contains(flag), "the bash completion lacks {flag}");
+    }
+    let out = Command::new(bin()).args(["man"]).output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.starts_with(".ie"), "{page}");
+    assert!(page.contains("cairn\\-run(1)"), "{page}");
+}
