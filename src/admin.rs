@@ -2,11 +2,13 @@
 //!
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 once the registry has been listed, 503 before and while draining.
-//! - `GET /services`: the snapshots as JSON, with the applied revision.
+//! - `GET /services[?service=NAME]`: the snapshots as JSON, streamed, with the applied
+//!   revision.
 //! - `GET /metrics`: counters in the Prometheus text format.
 
 mod config;
 mod metrics;
+mod services;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text::{encode, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use prometheus_client::registry::Registry;
-use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -29,10 +31,11 @@ use tracing::debug;
 pub use config::AdminConfig;
 pub(crate) use config::RawAdmin;
 pub(crate) use metrics::StoreCollector;
+use services::ServicesBody;
 
 use crate::accept::{accept_loop, Caps};
 use crate::discovery::Freshness;
-use crate::snapshot::{InstanceState, Store};
+use crate::snapshot::Store;
 
 /// Connections the admin endpoint serves at once: room for scrapers, probes and an operator
 /// beside a hundred stalled clients, few enough to fit in the descriptors kept out of the data
@@ -133,7 +136,7 @@ impl Admin {
         .await
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, req: &Request<Incoming>) -> Response<AdminBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -144,10 +147,17 @@ impl Admin {
             "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
             "/readyz" => self.readiness(),
             "/services" => {
-                let mut body = serde_json::to_vec_pretty(&self.services_json())
-                    .expect("a JSON value always serializes");
-                body.push(b'\n');
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                let only = query(req.uri(), "service");
+                if let Some(name) = &only {
+                    if self.store.get(name).is_none() {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            format!("no service {:?}\n", crate::text::printable(name)),
+                        );
+                    }
+                }
+                let body = ServicesBody::new(&self.store, only.as_deref(), crate::clock::now_ms());
+                let mut resp = Response::new(body.boxed());
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp
@@ -162,7 +172,7 @@ impl Admin {
 
     /// 503 until the first sync and while draining; 200 after, saying so when etcd has been
     /// away (routing from the last snapshot is the point), 503 once away for `max_stale`.
-    fn readiness(&self) -> Response<Full<Bytes>> {
+    fn readiness(&self) -> Response<AdminBody> {
         let unavailable = |body: String| text(StatusCode::SERVICE_UNAVAILABLE, body);
         if self.draining.is_cancelled() {
             return unavailable("draining\n".to_string());
@@ -199,53 +209,7 @@ impl Admin {
         }
     }
 
-    fn services_json(&self) -> Value {
-        let now = crate::clock::now_ms();
-        let mut services = Map::new();
-        for (name, cell) in self.store.cells() {
-            let snapshot = cell.load();
-            let instances: Vec<Value> = snapshot
-                .instances()
-                .iter()
-                .zip(snapshot.states())
-                .enumerate()
-                .map(|(index, (i, state))| {
-                    let mut shown = json!({
-                        "id": i.id,
-                        "addr": i.endpoint.addr.to_string(),
-                        "weight": i.endpoint.weight,
-                        "zone": i.endpoint.zone,
-                        "metadata": i.endpoint.metadata,
-                        "state": state_name(state),
-                        "usable": snapshot.is_usable(index),
-                        "inflight": state.inflight(),
-                    });
-                    if let Some(until) = state.ejected_until() {
-                        shown["ejected_seconds_left"] =
-                            json!(until.saturating_sub(now).div_ceil(1000));
-                    }
-                    shown
-                })
-                .collect();
-            services.insert(
-                name,
-                json!({
-                    "balance": cell.policy().balance.as_str(),
-                    "usable": snapshot.usable(),
-                    "panic": snapshot.in_panic(),
-                    "ejections": cell.ejections(),
-                    "instances": instances,
-                }),
-            );
-        }
-        json!({
-            "revision": self.store.revision(),
-            "synced": self.store.synced(),
-            "services": services,
-        })
-    }
-
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    fn metrics(&self) -> Response<AdminBody> {
         let mut out = String::new();
         match encode(&mut out, &self.registry) {
             Ok(()) => {
@@ -262,21 +226,19 @@ impl Admin {
     }
 }
 
-/// How `/services` names an instance's state; the first that applies.
-fn state_name(state: &InstanceState) -> &'static str {
-    if state.ejected_until().is_some() {
-        "ejected"
-    } else if state.checks_failing() {
-        "failing_checks"
-    } else if state.on_probation() {
-        "probation"
-    } else {
-        "healthy"
-    }
+/// What the admin endpoint answers with: a whole text, or a streamed document.
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// The value of `name` in the URI's query, if given.
+fn query(uri: &hyper::Uri, name: &str) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_string)
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -491,3 +491,24 @@ async fn a_service_gone_from_etcd_for_a_minute_leaves_services_and_metrics() {
         .unwrap();
     cairn.wait_instances("passing", &["x"], SOON).await;
 }
+
+#[tokio::test]
+async fn one_service_can_be_asked_for_and_an_unknown_one_is_404() {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    for (service, id) in [("orders", "o1"), ("users", "u1")] {
+        kv.put(format!("/services/{service}/{id}"), "10.0.0.1:80", None)
+            .await
+            .unwrap();
+    }
+    let cairn = Cairn::start(&config(&etcd.endpoint(), &["orders"], "")).await;
+    cairn.wait_instances("users", &["u1"], SOON).await;
+    let (status, body) = cairn.get("/services?service=users").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["services"].as_object().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["services"]["users"]["instances"][0]["id"], "u1");
+    let (status, body) = cairn.get("/services?service=nobody").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nobody"), "{body}");
+}
