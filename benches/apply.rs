@@ -20,7 +20,7 @@ fn instance(i: usize, port: u16) -> Arc<Instance> {
             .expect("a valid address"),
         Format::Json,
     );
-    endpoint.zone = Some("eu-1a".to_string());
+    endpoint.zone = Some("eu-1a".into());
     endpoint.metadata = json!({"version": "1.4.2", "owner": "team-orders", "canary": false});
     Arc::new(Instance {
         id: format!("i-{i:05}"),

@@ -7,11 +7,13 @@
 //! [`InstanceState`]: requests in flight, failures in a row, ejection, health checks.
 
 mod cell;
+mod policy;
 mod state;
 mod store;
 mod writer;
 
-pub use cell::{Pick, Policy, Retries, ServiceCell, Snapshot};
+pub use cell::{Pick, Retries, ServiceCell, Snapshot};
+pub use policy::Policy;
 pub use state::{InFlight, InstanceState, Outlier, Verdict};
 pub use store::Store;
 pub use writer::{Scope, StoreWriter};

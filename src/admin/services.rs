@@ -26,7 +26,7 @@ struct InstanceView<'a> {
     id: &'a str,
     addr: String,
     weight: u32,
-    zone: &'a Option<String>,
+    zone: &'a Option<Box<str>>,
     metadata: &'a Value,
     state: &'static str,
     usable: bool,

@@ -33,7 +33,8 @@ struct Alias {
 pub struct Table {
     /// Instance indices a pick may return, in id order.
     pickable: Box<[u32]>,
-    /// Their weights, all above zero.
+    /// Their weights, all above zero; empty when all are equal (least request then compares
+    /// in-flight counts alone), which spares 4 bytes an instance on most services.
     weights: Box<[u32]>,
     /// Round-robin order, as positions in `pickable`; none for a plain rotation (equal weights).
     schedule: Option<Box<[u32]>>,
@@ -63,7 +64,11 @@ impl Table {
         };
         Table {
             pickable: pickable.into(),
-            weights: weights.into(),
+            weights: if equal {
+                Box::default()
+            } else {
+                weights.into()
+            },
             schedule,
             alias,
             ring,
@@ -107,7 +112,7 @@ impl Table {
             (Balance::LeastRequest, _) => {
                 let (a, b) = (self.draw(), self.draw());
                 let load = |p: usize| u64::from(inflight(self.pickable[p]));
-                let weight = |p: usize| u64::from(self.weights[p]);
+                let weight = |p: usize| self.weights.get(p).map_or(1, |w| u64::from(*w));
                 // Fewer in flight per unit of weight wins; cross-multiplied, so no division.
                 if load(b) * weight(a) < load(a) * weight(b) {
                     b

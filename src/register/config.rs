@@ -198,7 +198,7 @@ impl RawRegister {
         }
         let mut endpoint = Endpoint::new(self.addr, format);
         endpoint.weight = self.weight.map_or(1, Spanned::into_inner);
-        endpoint.zone = self.zone.map(Spanned::into_inner);
+        endpoint.zone = self.zone.map(|z| z.into_inner().into_boxed_str());
         if let Some(m) = &self.metadata {
             endpoint.metadata = serde_json::to_value(m.get_ref())
                 .map_err(|e| key.at("metadata", m, format!("cannot be written as JSON: {e}")))?;

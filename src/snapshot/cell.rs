@@ -7,34 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::state::{InstanceState, Outlier};
+use super::policy::{default_policy, Policy};
+use super::state::InstanceState;
 use crate::addr::Addr;
 use crate::balance::{Balance, Table};
 use crate::instance::Instance;
-
-/// How a service's instances are picked and judged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// The picking policy.
-    pub balance: Balance,
-    /// When failing instances are ejected.
-    pub outlier: Outlier,
-    /// This node's zone: picks prefer instances of the same zone.
-    pub zone: Option<String>,
-    /// Local instances are preferred only while at least this many are usable.
-    pub min_local: usize,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            balance: Balance::RoundRobin,
-            outlier: Outlier::default(),
-            zone: None,
-            min_local: 2,
-        }
-    }
-}
 
 /// The instances of one service at one moment, sorted by id, with the table picks read. Never
 /// changes once built: an ejection, a readmission or a failing check builds the next one.
@@ -47,9 +24,6 @@ pub struct Snapshot {
     instances: Box<[Arc<Instance>]>,
     /// Their live states, in the same order; shared with the snapshots before and after.
     states: Box<[Arc<InstanceState>]>,
-    /// The instances' addresses, side by side so a pick reads one cache line instead of chasing
-    /// a pointer per instance.
-    addrs: Box<[Addr]>,
     /// The policy the table was built for.
     balance: Balance,
     /// Which instances a pick may return, and how.
@@ -67,6 +41,18 @@ impl Snapshot {
     /// The instances' live states, in the same order.
     pub fn states(&self) -> &[Arc<InstanceState>] {
         &self.states
+    }
+
+    /// The address of instance `index`. Read from the instance itself: each instance is held
+    /// once, however many snapshots share it.
+    #[inline]
+    fn addr(&self, index: usize) -> &Addr {
+        &self.instances[index].endpoint.addr
+    }
+
+    /// Where `addr` is among the instances.
+    fn position(&self, addr: &Addr) -> Option<usize> {
+        self.instances.iter().position(|i| i.endpoint.addr == *addr)
     }
 
     /// The number of instances.
@@ -111,7 +97,7 @@ pub struct Pick {
 /// The routing state of one service.
 ///
 /// Listeners resolve their cell once at start and keep it; the cell outlives any snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceCell {
     /// The current instances; replaced whole on every change.
     snapshot: ArcSwap<Snapshot>,
@@ -138,6 +124,23 @@ pub struct ServiceCell {
     retired: AtomicBool,
 }
 
+impl Default for ServiceCell {
+    fn default() -> Self {
+        ServiceCell {
+            snapshot: ArcSwap::default(),
+            policy: ArcSwap::new(default_policy()),
+            next: AtomicUsize::new(0),
+            retry_next: AtomicUsize::new(0),
+            versions: AtomicU64::new(0),
+            building: Mutex::new(()),
+            ejections: AtomicU64::new(0),
+            checks: Default::default(),
+            pinned: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        }
+    }
+}
+
 impl ServiceCell {
     /// The current snapshot. Do not hold the guard across an `.await`.
     #[inline]
@@ -152,7 +155,11 @@ impl ServiceCell {
 
     /// Sets how instances are picked and judged, and rebuilds the table for it.
     pub fn configure(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
+        let policy = match policy == Policy::default() {
+            true => default_policy(),
+            false => Arc::new(policy),
+        };
+        self.policy.store(policy);
         self.rebuild();
     }
 
@@ -170,7 +177,7 @@ impl ServiceCell {
                 states[i as usize].inflight()
             })? as usize;
         Some(Pick {
-            addr: snapshot.addrs[index].clone(),
+            addr: snapshot.addr(index).clone(),
             index,
             candidates: snapshot.table.len(),
             version: snapshot.version,
@@ -185,7 +192,7 @@ impl ServiceCell {
         let index = if snapshot.version == pick.version {
             Some(pick.index)
         } else {
-            snapshot.addrs.iter().position(|a| *a == pick.addr)
+            snapshot.position(&pick.addr)
         };
         index.map_or_else(InstanceState::new, |i| Arc::clone(&snapshot.states[i]))
     }
@@ -200,7 +207,7 @@ impl ServiceCell {
         let failed = if snapshot.version == pick.version {
             Some(pick.index)
         } else {
-            snapshot.addrs.iter().position(|a| *a == pick.addr)
+            snapshot.position(&pick.addr)
         };
         let pickable = snapshot.table.pickable();
         let failed_at = failed.and_then(|f| pickable.binary_search(&(f as u32)).ok());
@@ -410,7 +417,6 @@ fn build(
     let table = Table::build(policy.balance, candidates.clone(), weights, &ids);
     Snapshot {
         version,
-        addrs: instances.iter().map(|i| i.endpoint.addr.clone()).collect(),
         instances: instances.into(),
         states: states.into(),
         balance: policy.balance,
@@ -454,7 +460,7 @@ impl Iterator for Retries {
         self.step += 1;
         let index = pickable[position] as usize;
         Some((
-            self.snapshot.addrs[index].clone(),
+            self.snapshot.addr(index).clone(),
             Arc::clone(&self.snapshot.states[index]),
         ))
     }

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::snapshot::Outlier;
 use crate::snapshot::Verdict;
 
 fn inst(id: &str, addr: &str) -> Arc<Instance> {
@@ -10,7 +11,7 @@ fn inst(id: &str, addr: &str) -> Arc<Instance> {
 fn placed(id: &str, addr: &str, weight: u32, zone: Option<&str>) -> Arc<Instance> {
     let mut i = Instance::clone(&inst(id, addr));
     i.endpoint.weight = weight;
-    i.endpoint.zone = zone.map(str::to_string);
+    i.endpoint.zone = zone.map(Into::into);
     Arc::new(i)
 }
 
@@ -65,7 +66,7 @@ fn retries_visit_every_other_instance_once() {
 #[test]
 fn a_dead_instances_share_is_split_evenly() {
     let c = cell(3);
-    let dead = addr(&c.load().addrs[0]);
+    let dead = addr(c.load().addr(0));
     let mut served = HashMap::<String, usize>::new();
     for _ in 0..300 {
         let p = c.pick(None).unwrap();

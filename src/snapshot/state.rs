@@ -3,7 +3,7 @@
 //!
 //! Time is passed in as milliseconds on the caller's clock, so the rules are pure and testable.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// When instances are taken out of rotation for failing.
@@ -52,14 +52,15 @@ pub enum Verdict {
 pub struct InstanceState {
     /// Connections or requests in flight.
     inflight: AtomicU32,
-    /// Connect failures in a row.
-    failures: AtomicU32,
+    /// Connect failures in a row (16 bits, saturating: thresholds are at most 1000, and at
+    /// 100 000 instances the state's size counts).
+    failures: AtomicU16,
     /// 5xx answers in a row.
-    errors: AtomicU32,
+    errors: AtomicU16,
     /// When the current ejection ends (ms); 0 when not ejected.
     ejected_until: AtomicU64,
     /// Ejections in a row: each lasts one base ejection time longer.
-    ejections: AtomicU32,
+    ejections: AtomicU16,
     /// Out of an ejection, not yet proven: the next failure ejects it again.
     probation: AtomicBool,
     /// When it was last readmitted (ms), for the decay of `ejections`.
@@ -67,7 +68,7 @@ pub struct InstanceState {
     /// Whether active health checks say it is down.
     check_failing: AtomicBool,
     /// Active checks passed or failed in a row (positive: passes).
-    check_streak: std::sync::atomic::AtomicI32,
+    check_streak: AtomicI16,
 }
 
 /// One connection or request in flight on an instance, until dropped.
@@ -132,8 +133,8 @@ impl InstanceState {
 
     /// A connect failed at `now`.
     pub fn connect_failed(&self, policy: &Outlier) -> Verdict {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        self.failed(n, policy.consecutive_failures)
+        let n = bump(&self.failures);
+        self.failed(n.into(), policy.consecutive_failures)
     }
 
     /// An HTTP response arrived; `server_error` when it was a 502, 503 or 504. Any answer proves
@@ -148,8 +149,8 @@ impl InstanceState {
             }
             return self.succeeded(now, policy);
         }
-        let n = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        self.failed(n, policy.consecutive_5xx)
+        let n = bump(&self.errors);
+        self.failed(n.into(), policy.consecutive_5xx)
     }
 
     fn failed(&self, in_a_row: u32, threshold: u32) -> Verdict {
@@ -182,7 +183,7 @@ impl InstanceState {
     /// (about 0.9 to 1.1, so a fleet does not readmit in lockstep). Returns when it ends, or
     /// `None` when it already was ejected (another thread won).
     pub fn eject(&self, now: u64, policy: &Outlier, jitter: f64) -> Option<u64> {
-        let ejections = u64::from(self.ejections.fetch_add(1, Ordering::Relaxed)) + 1;
+        let ejections = u64::from(bump(&self.ejections));
         let length = policy
             .base_ejection_ms
             .saturating_mul(ejections)
@@ -236,16 +237,26 @@ impl InstanceState {
         };
         self.check_streak.store(streak, Ordering::Relaxed);
         let failing = self.checks_failing();
-        if failing && streak >= rise as i32 {
+        if failing && i32::from(streak) >= rise as i32 {
             self.check_failing.store(false, Ordering::Relaxed);
             Some(false)
-        } else if !failing && -streak >= fall as i32 {
+        } else if !failing && -i32::from(streak) >= fall as i32 {
             self.check_failing.store(true, Ordering::Relaxed);
             Some(true)
         } else {
             None
         }
     }
+}
+
+/// Adds one to a count of things in a row, stopping at the top instead of wrapping.
+fn bump(counter: &AtomicU16) -> u16 {
+    let before = counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_add(1))
+        })
+        .unwrap_or_else(|n| n);
+    before.saturating_add(1)
 }
 
 #[cfg(test)]
