@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint: liveness, readiness, the current snapshots and counters.
 //!
+//! - `GET /`: the live status page, refreshing itself from `GET /status.json`.
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 once the registry has been listed, 503 before and while draining.
 //! - `GET /services[?service=NAME]`: the snapshots as JSON, streamed, with the applied
@@ -9,6 +10,7 @@
 mod config;
 mod metrics;
 mod services;
+mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,7 @@ pub use config::AdminConfig;
 pub(crate) use config::RawAdmin;
 pub(crate) use metrics::StoreCollector;
 use services::ServicesBody;
+pub(crate) use status::Sources;
 
 use crate::accept::{accept_loop, Caps};
 use crate::discovery::Freshness;
@@ -65,6 +68,8 @@ pub(crate) struct Admin {
     max_stale_ms: AtomicU64,
     /// Fires when the process starts draining; readiness turns 503 from then on.
     draining: CancellationToken,
+    /// What the status page shows besides the store.
+    sources: status::Sources,
 }
 
 impl Admin {
@@ -76,6 +81,7 @@ impl Admin {
         freshness: Arc<Freshness>,
         max_stale: Option<Duration>,
         draining: CancellationToken,
+        sources: status::Sources,
     ) -> Admin {
         let admin = Admin {
             store,
@@ -83,6 +89,7 @@ impl Admin {
             freshness,
             max_stale_ms: AtomicU64::new(0),
             draining,
+            sources,
         };
         admin.set_max_stale(max_stale);
         admin
@@ -144,6 +151,30 @@ impl Admin {
             );
         }
         match req.uri().path() {
+            "/" => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::from_static(status::PAGE.as_bytes())).boxed());
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
+            "/status.json" => {
+                let open = query_all(req.uri(), "open");
+                let open: Vec<&str> = open.iter().map(String::as_str).collect();
+                let body = status::json(
+                    &self.store,
+                    &self.freshness,
+                    &self.sources,
+                    &open,
+                    crate::clock::now_ms(),
+                );
+                let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
             "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
             "/readyz" => self.readiness(),
             "/services" => {
@@ -165,7 +196,7 @@ impl Admin {
             "/metrics" => self.metrics(),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz, /services or /metrics\n".to_string(),
+                "not found; try /, /healthz, /readyz, /services or /metrics\n".to_string(),
             ),
         }
     }
@@ -229,12 +260,45 @@ impl Admin {
 /// What the admin endpoint answers with: a whole text, or a streamed document.
 type AdminBody = BoxBody<Bytes, Infallible>;
 
-/// The value of `name` in the URI's query, if given.
-fn query(uri: &hyper::Uri, name: &str) -> Option<String> {
-    uri.query()?
+/// Every value of `name` in the URI's query, percent-decoded (`+` is a space).
+fn query_all(uri: &hyper::Uri, name: &str) -> Vec<String> {
+    let Some(query) = uri.query() else {
+        return Vec::new();
+    };
+    query
         .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-        .map(str::to_string)
+        .filter_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .map(decode)
+        .collect()
+}
+
+/// The first value of `name` in the URI's query.
+fn query(uri: &hyper::Uri, name: &str) -> Option<String> {
+    query_all(uri, name).into_iter().next()
+}
+
+/// `%XX` escapes and `+` decoded; an invalid escape is kept as written.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, body: String) -> Response<AdminBody> {

@@ -121,7 +121,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), Error> {
     }
     println!("  proxy       {listen} -> service \"demo\" (http, round robin per request)");
     println!("  gateway     {gateway} -> the service named by the Host header, minus .svc.local");
-    println!("  admin       http://{admin}");
+    println!("  admin       http://{admin}/   (the live status page; open it in a browser)");
     println!();
     println!("Try, in another terminal:");
     println!("  curl -s http://{listen}/ http://{listen}/ http://{listen}/   # one keep-alive connection; replies alternate");

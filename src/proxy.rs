@@ -19,4 +19,4 @@ pub use config::{
     GatewayConfig, HealthCheck, HealthProbe, Limits, Protocol, RelayConfig, RouteConfig,
     ServiceConfig,
 };
-pub use metrics::{ListenerFamilies, ListenerMetrics};
+pub use metrics::{ListenerFamilies, ListenerMetrics, ListenerView};

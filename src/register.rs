@@ -349,6 +349,7 @@ impl<K: LeaseKeys> Registrar<K> {
             None => {
                 let id = self.keys.grant(self.ttl_secs()).await?;
                 status.lease_grants.inc();
+                status.kept_alive(id, self.ttl_secs());
                 *lease = Some(id);
                 (id, self.keys.keep_alive(id).await?)
             }
@@ -424,7 +425,10 @@ impl<K: LeaseKeys> Registrar<K> {
                     }
                 }
                 answer = session.keepalive.answer() => match answer {
-                    Ok(Some(ttl)) if ttl > 0 => answered = Instant::now(),
+                    Ok(Some(ttl)) if ttl > 0 => {
+                        answered = Instant::now();
+                        status.kept_alive(id, ttl);
+                    }
                     Ok(Some(_)) => return End::LeaseLost("etcd says the lease expired or was revoked".to_string()),
                     Ok(None) => return End::Broken("keepalive stream closed".to_string()),
                     Err(e) => return End::Broken(e.to_string()),

@@ -1,7 +1,9 @@
 //! How cairn's calls to etcd go: `cairn_etcd_operations_total{operation,status}`, the duration
 //! of the unary ones, and whether each member answers its status call.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -87,6 +89,8 @@ pub struct EtcdMetrics {
     operations: Family<Outcome, Counter>,
     durations: Family<Operation, Histogram, fn() -> Histogram>,
     members: Family<Member, Gauge>,
+    /// Each member's last answer, for the status page.
+    answers: Arc<Mutex<BTreeMap<String, bool>>>,
 }
 
 impl Default for EtcdMetrics {
@@ -95,6 +99,7 @@ impl Default for EtcdMetrics {
             operations: Family::default(),
             durations: Family::new_with_constructor(histogram),
             members: Family::default(),
+            answers: Arc::default(),
         }
     }
 }
@@ -147,8 +152,21 @@ impl EtcdMetrics {
             .inc();
     }
 
+    /// Each member asked so far, with whether it answered its last status call.
+    pub fn members(&self) -> Vec<(String, bool)> {
+        let answers = self
+            .answers
+            .lock()
+            .expect("the members lock is never held across a panic");
+        answers.iter().map(|(e, up)| (e.clone(), *up)).collect()
+    }
+
     /// Records whether the member at `endpoint` answered.
     pub(crate) fn member(&self, endpoint: &str, up: bool) {
+        self.answers
+            .lock()
+            .expect("the members lock is never held across a panic")
+            .insert(endpoint.to_string(), up);
         self.members
             .get_or_create(&Member {
                 endpoint: endpoint.to_string(),

@@ -137,6 +137,19 @@ impl ListenerFamilies {
     }
 }
 
+/// A running listener as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    /// Its bound address.
+    pub listen: std::net::SocketAddr,
+    /// The service it forwards to; a gateway says `*`.
+    pub service: String,
+    /// `tcp` or `http`.
+    pub protocol: &'static str,
+    /// Its counters.
+    pub metrics: ListenerMetrics,
+}
+
 /// Keeps a listener's `active` gauge true however its connection or request ends.
 pub(crate) struct Active(Gauge);
 

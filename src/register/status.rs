@@ -1,6 +1,9 @@
 //! The live state of a registrar, read by `/metrics`, tests and library users.
 
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +35,8 @@ pub struct Status {
     /// Why etcd refuses to register anything (bad credentials, no write permission), while it
     /// does: retries go on, but a foreground command can give up on it.
     refusal: Mutex<Option<String>>,
+    /// The live lease, the TTL etcd gave it at its last keepalive answer, and when that was.
+    lease: Mutex<Option<(i64, i64, Instant)>>,
 }
 
 impl Status {
@@ -43,6 +48,7 @@ impl Status {
             lease_grants: Counter::default(),
             repairs: Counter::default(),
             refusal: Mutex::new(None),
+            lease: Mutex::new(None),
         };
         status.set_registrations(registrations);
         status
@@ -113,8 +119,41 @@ impl Status {
         }
     }
 
+    /// Records that etcd gave `lease` `ttl` seconds more just now.
+    pub(super) fn kept_alive(&self, lease: i64, ttl: i64) {
+        *self
+            .lease
+            .lock()
+            .expect("the lease lock is never held across a panic") =
+            Some((lease, ttl, Instant::now()));
+    }
+
+    /// The live lease and the time it has left, as of its last keepalive answer.
+    pub fn lease(&self) -> Option<(i64, Duration)> {
+        let lease = *self
+            .lease
+            .lock()
+            .expect("the lease lock is never held across a panic");
+        lease.map(|(id, ttl, at)| {
+            let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+            (id, ttl.saturating_sub(at.elapsed()))
+        })
+    }
+
+    /// Each registration's `service/id` and whether its key is written under the live lease.
+    pub fn registrations(&self) -> Vec<(String, String, bool)> {
+        self.entries()
+            .iter()
+            .map(|(l, g)| (l.service.clone(), l.id.clone(), g.get() == 1))
+            .collect()
+    }
+
     /// Records that no registration is written (the lease is gone or revoked).
     pub(super) fn clear(&self) {
+        *self
+            .lease
+            .lock()
+            .expect("the lease lock is never held across a panic") = None;
         for (_, g) in self.entries().iter() {
             g.set(0);
         }

@@ -19,7 +19,7 @@ use crate::net::OwnAddrs;
 use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{
-    GatewayConfig, Limits, ListenerFamilies, ListenerMetrics, Protocol, ServiceConfig,
+    GatewayConfig, Limits, ListenerFamilies, ListenerMetrics, ListenerView, Protocol, ServiceConfig,
 };
 use crate::snapshot::Store;
 use crate::throttle::Throttle;
@@ -82,6 +82,8 @@ pub(crate) enum Identity {
 
 /// One running listener.
 struct Live {
+    /// How the status page shows it.
+    view: ListenerView,
     /// Its settings.
     spec: Spec,
     /// Its bound address.
@@ -114,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) drain: CancellationToken,
     /// The end of the grace period: every listener's abort is a child of it.
     pub(crate) abort: CancellationToken,
+    /// The running listeners, as the status page shows them.
+    pub(crate) views: Arc<ArcSwap<Vec<ListenerView>>>,
 }
 
 /// The running listeners.
@@ -143,6 +147,13 @@ impl Plane {
         self.live.contains_key(identity)
     }
 
+    /// Publishes the running listeners for the status page, in address order.
+    fn publish(&self) {
+        let mut views: Vec<ListenerView> = self.live.values().map(|l| l.view.clone()).collect();
+        views.sort_by_key(|v| v.listen);
+        self.shared.views.store(Arc::new(views));
+    }
+
     /// Every listener's bound address.
     pub(crate) fn bound(&self) -> Vec<SocketAddr> {
         self.live.values().map(|l| l.bound).collect()
@@ -161,9 +172,19 @@ impl Plane {
             Some(Arc::clone(&self.shared.connections)),
         );
         let shared = &self.shared;
+        let (service, protocol) = match &spec {
+            Spec::Service(s) => (s.name.to_string(), s.protocol.as_str()),
+            Spec::Gateway(..) => ("*".to_string(), "http"),
+        };
+        let view = ListenerView {
+            listen: bound,
+            metrics: shared.families.listener(&bound.to_string(), &service),
+            service,
+            protocol,
+        };
+        let metrics = view.metrics.clone();
         let task = match &spec {
             Spec::Service(service) => {
-                let metrics = shared.families.listener(&bound.to_string(), &service.name);
                 info!(service = %service.name, listen = %bound, protocol = service.protocol.as_str(), "listening");
                 match service.protocol {
                     Protocol::Tcp => {
@@ -197,7 +218,6 @@ impl Plane {
                 }
             }
             Spec::Gateway(_, gateway) => {
-                let metrics = shared.families.listener(&bound.to_string(), "*");
                 info!(listen = %bound, host_suffix = gateway.host_suffix.as_deref().unwrap_or(""), "gateway listening");
                 self.spawn_http(
                     Routing::Gateway {
@@ -214,6 +234,7 @@ impl Plane {
         self.live.insert(
             spec.identity(),
             Live {
+                view,
                 spec,
                 bound,
                 stop,
@@ -222,6 +243,7 @@ impl Plane {
                 task,
             },
         );
+        self.publish();
     }
 
     /// Starts an HTTP listener; `tokens` are its stop, drain and abort.
@@ -292,6 +314,7 @@ impl Plane {
         live.stop.cancel();
         live.drain.cancel();
         let _ = live.task.await;
+        self.publish();
         info!(listen = %live.bound, listener = live.spec.what(), "listener removed, its connections drain");
         let abort = live.abort;
         tokio::spawn(async move {

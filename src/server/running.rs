@@ -19,7 +19,7 @@ use super::etcd_side::{EtcdSide, SideMetrics, Wiring};
 use super::plane::{Plane, Shared, Spec};
 use super::prune;
 use super::reloads::ReloadMetrics;
-use crate::admin::{Admin, StoreCollector};
+use crate::admin::{Admin, Sources, StoreCollector};
 use crate::cache::CacheConfig;
 use crate::config::Config;
 use crate::discovery::DiscoveryMetrics;
@@ -124,6 +124,7 @@ impl Running {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<Running, Error> {
+        let started = tokio::time::Instant::now();
         let config = server.config;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StoreCollector(Arc::clone(&server.store))));
@@ -176,16 +177,24 @@ impl Running {
             connections: server.connections,
             drain: shutdown.clone(),
             abort: CancellationToken::new(),
+            views: Arc::default(),
         });
         for (spec, listener) in server.listeners {
             plane.start(spec, listener);
         }
+        let sources = Sources {
+            listeners: Arc::clone(&plane.shared().views),
+            registration: Arc::clone(&registration),
+            etcd: side_metrics.etcd.clone(),
+            started,
+        };
         let admin = Arc::new(Admin::new(
             Arc::clone(&server.store),
             Arc::new(registry),
             Arc::clone(&side_metrics.discovery.freshness),
             config.admin.max_stale,
             shutdown,
+            sources,
         ));
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(Arc::clone(&admin).run(server.admin, admin_stop.clone()));

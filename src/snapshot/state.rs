@@ -113,6 +113,11 @@ impl InstanceState {
         }
     }
 
+    /// Connect failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed).into()
+    }
+
     /// Whether it is on probation after an ejection.
     pub fn on_probation(&self) -> bool {
         self.probation.load(Ordering::Relaxed)

@@ -15,6 +15,7 @@ mod hostile;
 mod http;
 mod layers;
 mod operate;
+mod page;
 mod register;
 mod secure;
 mod tcp;

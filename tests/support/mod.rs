@@ -8,6 +8,7 @@
 //! machine to give every wait three times as long.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cairn;
 pub mod etcd;
 pub mod http;
