@@ -7,7 +7,9 @@
 //! - etcd down for 4 s (longer than the 2 s TTL): the registration is back after etcd returns;
 //! - a TCP health check (every 200 ms, fall 3): the key leaves etcd after the target closes;
 //! - one node registers with an HTTP check (every 300 ms, fall 2), another proxies: the instance
-//!   leaves the second node's rotation after the backend dies.
+//!   leaves the second node's rotation after the backend dies;
+//! - cairn started while etcd is down, with a cache file (`[cache]`): its first routed
+//!   connection.
 //!
 //! Each is repeated (`CAIRN_BENCH_REPEAT`, default 5; 20 for puts and deletes) and printed as
 //! min / median / max. Polling costs about 0.1 ms per probe, so figures are that fine.
@@ -45,6 +47,7 @@ fn main() {
         outage(repeat.min(3)).await;
         health_check(repeat).await;
         end_to_end(repeat).await;
+        cold_start(repeat).await;
     });
 }
 
@@ -108,6 +111,47 @@ async fn discovery(n: usize) {
     }
     report("put -> routable through a cairn listener", puts);
     report("delete -> no longer routed", deletes);
+}
+
+/// `cairn run` started with etcd down and a cache file: from the start to the first connection
+/// routed to the cached instance.
+async fn cold_start(n: usize) {
+    let mut etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let up = Tagged::start("cached").await;
+    kv.put("/services/svc/cached", up.addr.to_string(), None)
+        .await
+        .expect("a put");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cache = dir.path().join("registry.json");
+    let text = format!(
+        "{}\n[cache]\npath = \"{}\"\n",
+        config(&etcd.endpoint(), &["svc"], ""),
+        cache.display()
+    );
+    let mut first = Cairn::start(&text).await;
+    until("the cache file is written", || async {
+        std::fs::read_to_string(&cache).is_ok_and(|b| b.contains(&up.addr.to_string()))
+    })
+    .await;
+    first.signal("TERM");
+    first.wait_exit(LIMIT).await;
+    etcd.kill();
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let cairn = Cairn::start(&text).await;
+        let listen = cairn.listen(0);
+        until("the cached instance is routed", || async {
+            greeting(listen).await.as_deref() == Some("cached")
+        })
+        .await;
+        times.push(started.elapsed());
+    }
+    report(
+        "etcd down, cache file: `cairn run` -> first routed connection",
+        times,
+    );
 }
 
 /// An instance under a 2 s lease nobody keeps alive leaves cairn's data plane.

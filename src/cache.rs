@@ -1,6 +1,6 @@
 //! The registry persisted to a file (`[cache]`), so a node that restarts while etcd is away
 //! still routes: written atomically at most once a second after a change, read at start, and
-//! served only if no list of etcd succeeds within `[etcd] dial_timeout`.
+//! served when etcd refuses the first list, or does not answer it within `[etcd] dial_timeout`.
 //!
 //! The file is JSON: `{"version": 1, "written_at": <unix seconds>, "cluster_id": …,
 //! "revision": …, "services": {"<name>": [{"id": "…", "value": "<registry value>"}]}}`. Each

@@ -134,7 +134,8 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
         }
     }
 
-    /// Serves `fallback` if no list succeeds within its `after` of the start.
+    /// Serves `fallback` as soon as a list fails, or when none succeeded within its `after` of
+    /// the start (a list that hangs).
     pub fn with_fallback(mut self, fallback: Option<Fallback>) -> Self {
         self.fallback = fallback;
         self
@@ -211,6 +212,9 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                         Some(Ok(rev)) => rev,
                         Some(Err(e)) => {
                             outage.failed("listing the registry", &e.to_string());
+                            // etcd answered no: nothing is gained by routing nothing until
+                            // the deadline.
+                            self.serve_fallback();
                             let delay = backoff.next_delay();
                             let due = self.fallback.as_ref().and(self.fallback_at);
                             tokio::select! {
