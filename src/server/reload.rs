@@ -91,6 +91,44 @@ impl Running {
 
         // Then every part takes what changed.
         let mut changes = Changes::default();
+        // The etcd side first: two discoveries must not write the store at once for long.
+        let registrations_changed = next.registrations != self.config.registrations
+            || next.lease_ttl != self.config.lease_ttl;
+        if let Some(side) = side {
+            // The old registrar's lease is left to expire: the new one rewrites the keys under
+            // its own lease at once, so they never disappear in between. With nothing left to
+            // register, it is revoked instead.
+            match self.registrar.take() {
+                Some(old) if next.registrations.is_empty() => {
+                    old.stop().await;
+                    self.registration.set_registrations(&[]);
+                }
+                Some(old) => old.abandon().await,
+                None => {}
+            }
+            std::mem::replace(&mut self.side, side).stop().await;
+            changes.etcd = true;
+            if !next.registrations.is_empty() {
+                let status = Arc::clone(&self.registration);
+                self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
+            }
+        } else if registrations_changed {
+            match self.registrar.take() {
+                Some(r) if next.registrations.is_empty() => {
+                    r.stop().await;
+                    self.registration.set_registrations(&[]);
+                }
+                Some(r) => {
+                    r.update(next.lease_ttl, next.registrations.clone());
+                    self.registrar = Some(r);
+                }
+                None if next.registrations.is_empty() => {}
+                None => {
+                    let status = Arc::clone(&self.registration);
+                    self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
+                }
+            }
+        }
         let shared = self.plane.shared();
         configure_cells(&shared.store, &next, Some(&self.config));
         let routes = shared.routes.load().renew(
@@ -127,37 +165,6 @@ impl Running {
         }
         self.own_addrs();
 
-        let registrations_changed = next.registrations != self.config.registrations
-            || next.lease_ttl != self.config.lease_ttl;
-        if let Some(side) = side {
-            // The old registrar's lease is left to expire: the new one rewrites the keys under
-            // its own lease at once, so they never disappear in between.
-            if let Some(old) = self.registrar.take() {
-                old.abandon().await;
-            }
-            std::mem::replace(&mut self.side, side).stop().await;
-            changes.etcd = true;
-            if !next.registrations.is_empty() {
-                let status = Arc::clone(&self.registration);
-                self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
-            }
-        } else if registrations_changed {
-            match self.registrar.take() {
-                Some(r) if next.registrations.is_empty() => {
-                    r.stop().await;
-                    self.registration.set_registrations(&[]);
-                }
-                Some(r) => {
-                    r.update(next.lease_ttl, next.registrations.clone());
-                    self.registrar = Some(r);
-                }
-                None if next.registrations.is_empty() => {}
-                None => {
-                    let status = Arc::clone(&self.registration);
-                    self.registrar = Some(registrar(&self.side, &next).spawn_with(status));
-                }
-            }
-        }
         changes.registrations = registrations_changed;
         if next.cache != self.config.cache {
             self.start_cache(next.cache.clone());
