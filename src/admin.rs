@@ -310,3 +310,20 @@ fn text(status: StatusCode, body: String) -> Response<AdminBody> {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let uri: hyper::Uri = "/status.json?open=a%2Cb+c&x=1&open=%E2%82%AC&open=%zz&open=%4"
+            .parse()
+            .unwrap();
+        assert_eq!(query_all(&uri, "open"), ["a,b c", "€", "%zz", "%4"]);
+        assert_eq!(query(&uri, "x").as_deref(), Some("1"));
+        assert_eq!(query(&uri, "service"), None);
+        let bare: hyper::Uri = "/services".parse().unwrap();
+        assert!(query_all(&bare, "open").is_empty());
+    }
+}
