@@ -248,13 +248,18 @@ async fn a_watch_reopened_after_its_token_expired_authenticates_again_and_resume
     cairn.signal("STOP");
     tokio::time::sleep(Duration::from_secs(4)).await;
     cairn.signal("CONT");
+    // The key is written only once the old stream is gone, so it can only arrive through the
+    // reopened watch.
+    eventually(SOON, "the watch is reopened", || async {
+        (cairn.metric("cairn_discovery_watch_restarts_total").await >= 1.0).then_some(())
+    })
+    .await;
     etcd.client()
         .await
         .put("/services/s/after", up.addr.to_string(), None)
         .await
         .unwrap();
     cairn.wait_instances("s", &["after"], SOON).await;
-    assert!(cairn.metric("cairn_discovery_watch_restarts_total").await >= 1.0);
     assert_eq!(
         cairn.metric("cairn_discovery_lists_total").await,
         1.0,
