@@ -73,9 +73,7 @@ fn view<'a>(cell: &ServiceCell, snapshot: &'a Snapshot, now: u64) -> ServiceView
             state: state_name(state),
             usable: snapshot.is_usable(index),
             inflight: state.inflight(),
-            ejected_seconds_left: state
-                .ejected_until()
-                .map(|until| until.saturating_sub(now).div_ceil(1000)),
+            ejected_seconds_left: state.ejected_seconds_left(now),
         })
         .collect();
     ServiceView {

@@ -132,9 +132,7 @@ fn instances<'a>(snapshot: &'a Snapshot, now: u64) -> Vec<Instance<'a>> {
             state: state_name(s),
             inflight: s.inflight(),
             failures: s.failures(),
-            ejected_seconds_left: s
-                .ejected_until()
-                .map(|until| until.saturating_sub(now).div_ceil(1000)),
+            ejected_seconds_left: s.ejected_seconds_left(now),
         })
         .collect()
 }

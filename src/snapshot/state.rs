@@ -113,6 +113,12 @@ impl InstanceState {
         }
     }
 
+    /// Whole seconds left in the current ejection at `now` (ms), rounded up, if ejected.
+    pub fn ejected_seconds_left(&self, now: u64) -> Option<u64> {
+        self.ejected_until()
+            .map(|until| until.saturating_sub(now).div_ceil(1000))
+    }
+
     /// Connect failures in a row so far.
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed).into()
