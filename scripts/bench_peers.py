@@ -110,7 +110,7 @@ http {{
     return path
 
 
-def start_all(procs, workdir, workers, cairn_bin):
+def start_all(procs, workdir, workers, cairn_bins):
     """Upstreams, etcd and the three proxies. Returns the targets' ports and the pids."""
     ports = {k: free_port() for k in ["up_http", "up_pp"]}
     up = nginx_conf(workdir, "upstream", 1, f"""
@@ -187,14 +187,27 @@ stream {{
         subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{ec}", "put", f"/services/{key}",
                         f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, ETCDCTL_API="3"))
+    cairn_pids = {}
+    for name, binary in cairn_bins.items():
+        targets[name], cairn_pids[name] = start_cairn(procs, workdir, name, binary, ec, workers)
+    for t in targets.values():
+        for port in t.values():
+            if port:
+                wait_port(port, "a target")
+    pids = [p.pid for _, p in procs.procs]
+    return targets, pids, cairn_pids
+
+
+def start_cairn(procs, workdir, name, binary, etcd_port, workers):
+    """One cairn with a TCP listener per TCP target and one HTTP listener; returns its ports."""
     cp = {k: free_port() for k in ["pp", "conn", "http"]}
     cp["h2"] = cp["http"]  # HTTP/1.1 and h2c share one cairn port
     admin = free_port()
-    ccfg = os.path.join(workdir, "cairn.toml")
+    ccfg = os.path.join(workdir, f"{name}.toml")
     with open(ccfg, "w") as f:
         f.write(f"""
 [etcd]
-endpoints = ["http://127.0.0.1:{ec}"]
+endpoints = ["http://127.0.0.1:{etcd_port}"]
 [admin]
 listen = "127.0.0.1:{admin}"
 [runtime]
@@ -210,16 +223,9 @@ name = "web"
 listen = "127.0.0.1:{cp['http']}"
 protocol = "http"
 """)
-    cairn = procs.start("cairn", [cairn_bin, "run", "-c", ccfg],
-                        env=dict(os.environ, RUST_LOG="warn"))
-    targets["cairn"] = cp
-    for t in targets.values():
-        for port in t.values():
-            if port:
-                wait_port(port, "a target")
+    cairn = procs.start(name, [binary, "run", "-c", ccfg], env=dict(os.environ, RUST_LOG="warn"))
     wait_ready(admin)
-    pids = [p.pid for _, p in procs.procs]
-    return targets, pids, cairn.pid
+    return cp, cairn.pid
 
 
 def wait_ready(admin):
@@ -289,28 +295,31 @@ KINDS = [
     ("http32", "http", "HTTP requests/s, 32 connections", "rate"),
     ("h2", "h2", "HTTP/2 (h2c) requests/s, 32 conns x 10 streams", "rate"),
 ]
-ORDER = ["direct", "haproxy", "nginx", "cairn"]
+PEERS = ["direct", "haproxy", "nginx"]
 
 
-def placement(name, pinned, args, cairn_bin):
+def placement(name, pinned, args, cairn_bins):
     workdir = tempfile.mkdtemp(prefix="cairn-peers-")
     procs = Procs(workdir)
     try:
-        targets, pids, cairn_pid = start_all(procs, workdir, args.workers, cairn_bin)
+        targets, pids, cairn_pids = start_all(procs, workdir, args.workers, cairn_bins)
+        order_all = PEERS + list(cairn_bins)
+        kinds = [k for k in KINDS if k[0] in args.only]
         cpu = 0 if pinned else None
         if pinned:
             pin_all(pids, 0)
-        results = {(k, t): [] for k, *_ in KINDS for t in ORDER}
+        results = {(k, t): [] for k, *_ in kinds for t in order_all}
         for r in range(args.rounds):
-            for k, port_kind, *_ in KINDS:
-                order = ORDER[r % len(ORDER):] + ORDER[:r % len(ORDER)]
+            for k, port_kind, *_ in kinds:
+                n = r % len(order_all)
+                order = order_all[n:] + order_all[:n]
                 for t in order:
                     port = targets[t][port_kind]
                     if port is None:
                         continue
                     results[(k, t)].append(measure(k, port, args.seconds, cpu))
             print(f"  {name}: round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
-        rss = peak_rss_mib(cairn_pid)
+        rss = {name: peak_rss_mib(pid) for name, pid in cairn_pids.items()}
         return results, rss
     except BaseException:
         for name, _ in procs.procs:
@@ -324,16 +333,19 @@ def placement(name, pinned, args, cairn_bin):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def table(name, results, rss, args):
+def table(name, results, rss, args, cairns):
     med = {key: statistics.median(v) for key, v in results.items() if v}
     spread = {key: (min(v), max(v)) for key, v in results.items() if v}
     print(f"\n### {name}, {args.workers} worker(s) each, {args.rounds} rounds of {args.seconds} s "
           "(median; min to max)\n")
-    print("| | direct | HAProxy | nginx | cairn | cairn vs best peer |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    heads = ["direct", "HAProxy", "nginx"] + cairns
+    print("| | " + " | ".join(heads) + " | cairn vs best peer |")
+    print("|" + " --- |" * (len(heads) + 2))
     for k, _, label, how in KINDS:
+        if k not in args.only:
+            continue
         cells = []
-        for t in ORDER:
+        for t in PEERS + cairns:
             if (k, t) not in med:
                 cells.append("-")
                 continue
@@ -354,7 +366,8 @@ def table(name, results, rss, args):
             best = max(med[(k, "haproxy")], med[(k, "nginx")])
             ratio = f"{med[(k, 'cairn')] / best:.2f}x" if best > 0 else "-"
         print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
-    print(f"\ncairn's peak RSS over the run: {rss:.1f} MiB")
+    for c in cairns:
+        print(f"\n{c}'s peak RSS over the run: {rss[c]:.1f} MiB")
 
 
 def main():
@@ -364,7 +377,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--placement", choices=["both", "pinned", "unpinned"], default="both")
     ap.add_argument("--cairn", default=os.path.join(ROOT, "target/release/cairn"))
+    ap.add_argument("--baseline", metavar="PATH",
+                    help="another cairn binary, measured in the same rounds as 'baseline' (A/B)")
+    ap.add_argument("--only", default=",".join(k for k, *_ in KINDS),
+                    help="comma-separated measurements: " + ", ".join(k for k, *_ in KINDS))
     args = ap.parse_args()
+    args.only = args.only.split(",")
+    unknown = set(args.only) - {k for k, *_ in KINDS}
+    if unknown:
+        ap.error(f"--only: unknown measurement(s) {', '.join(sorted(unknown))}")
+    cairn_bins = {"cairn": args.cairn}
+    if args.baseline:
+        cairn_bins["baseline"] = args.baseline
     versions = [
         subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
         subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
@@ -376,8 +400,8 @@ def main():
                   "pinned": [("everything pinned to one CPU", True)],
                   "unpinned": [("unpinned", False)]}[args.placement]
     for name, pinned in placements:
-        results, rss = placement(name, pinned, args, args.cairn)
-        table(name, results, rss, args)
+        results, rss = placement(name, pinned, args, cairn_bins)
+        table(name, results, rss, args, list(cairn_bins))
 
 
 if __name__ == "__main__":

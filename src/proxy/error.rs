@@ -80,14 +80,6 @@ pub(crate) enum ProxyError {
     /// HTTP: a CONNECT request; cairn is not a forward proxy.
     #[error("CONNECT is not served: cairn forwards requests to services, it opens no tunnels")]
     Connect,
-    /// HTTP: the request's target cannot be sent to an instance.
-    #[error("service {service:?}: cannot build the upstream URI: {cause}")]
-    BadTarget {
-        /// The service.
-        service: String,
-        /// Why.
-        cause: String,
-    },
 }
 
 impl ProxyError {
@@ -100,7 +92,7 @@ impl ProxyError {
             | ProxyError::SwitchedUnasked { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UnknownService { .. } | ProxyError::NoHost => StatusCode::NOT_FOUND,
-            ProxyError::BadTarget { .. } | ProxyError::Asterisk { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Asterisk { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -115,9 +107,7 @@ impl ProxyError {
                 &metrics.upstream_errors
             }
             ProxyError::UnknownService { .. } | ProxyError::NoHost => &metrics.not_found,
-            ProxyError::BadTarget { .. } | ProxyError::Asterisk { .. } | ProxyError::Connect => {
-                return
-            }
+            ProxyError::Asterisk { .. } | ProxyError::Connect => return,
         };
         counter.inc();
     }

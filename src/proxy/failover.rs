@@ -84,11 +84,6 @@ impl<'a> Attempts<'a> {
         ))
     }
 
-    /// Whether the current attempt is the last one allowed.
-    pub(crate) fn is_last(&self) -> bool {
-        self.failed + 1 >= self.limit
-    }
-
     /// Counts the current attempt in flight on its instance until the guard is dropped.
     pub(crate) fn begin(&self) -> InFlight {
         self.current.begin()

@@ -1,6 +1,6 @@
 //! Active health checks: every instance of a service probed each interval (TCP connect, or an
 //! HTTP GET answered 2xx); one failing `fall` times in a row leaves the rotation until it passes
-//! `rise` times in a row. HTTP probes go through the route's pooled client, so they reuse its
+//! `rise` times in a row. HTTP probes go through the route's connection pool, so they reuse its
 //! kept-alive connections instead of opening one per probe.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{HealthCheck, HealthProbe};
 use super::http::body::RequestBody;
+use super::http::pool::SendError;
 use super::http::routes::Route;
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
@@ -23,7 +24,7 @@ use crate::snapshot::InstanceState;
 
 /// Probes the instances of one service until stopped.
 pub(crate) struct HealthChecker {
-    /// The service's route: its cell and pooled client.
+    /// The service's route: its cell and connection pool.
     route: Arc<Route>,
     /// What to probe and how often.
     check: HealthCheck,
@@ -113,9 +114,7 @@ impl HealthChecker {
     }
 
     async fn get(&self, addr: &Addr, path: &str) -> Result<(), String> {
-        let uri: Uri = format!("http://{addr}{path}")
-            .parse()
-            .map_err(|e| format!("bad check URL: {e}"))?;
+        let uri: Uri = path.parse().map_err(|e| format!("bad check path: {e}"))?;
         let mut req = Request::new(RequestBody::Empty);
         *req.uri_mut() = uri;
         if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
@@ -123,12 +122,10 @@ impl HealthChecker {
         }
         req.headers_mut()
             .insert(USER_AGENT, HeaderValue::from_static("cairn-health-check"));
-        let resp = self
-            .route
-            .client
-            .request(req)
-            .await
-            .map_err(|e| crate::text::causes(&e))?;
+        let resp = self.route.pool.send(addr, req).await.map_err(|e| match e {
+            SendError::Unsent(cause, _) => cause,
+            SendError::Failed(e) => crate::text::causes(&e),
+        })?;
         let status = resp.status();
         // Read the answer whole, so the connection goes back to the pool.
         resp.into_body()

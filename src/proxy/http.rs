@@ -3,7 +3,8 @@
 //!
 //! A `[[service]]` with `protocol = "http"` forwards every request to its service. A
 //! `[[gateway]]` picks the service from the Host header. Both serve HTTP/1.1 and h2c (prior
-//! knowledge) on one port and speak HTTP/1.1 to instances through one shared, pooled client.
+//! knowledge) on one port and speak HTTP/1.1 to instances over kept-alive connections that each
+//! request drives from its own task.
 //!
 //! A request is retried on another instance only when connecting failed, which means no byte of
 //! it reached an upstream: a request is never delivered twice.
@@ -14,15 +15,15 @@
 //! - [`forward`]: sending a request to an instance, with retries and failure answers.
 //! - [`headers`]: what is removed from and added to requests and responses.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
-//! - [`connect`]: how the pooled client dials instances.
+//! - [`pool`]: kept-alive connections to instances, driven by the requests that use them.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 
 pub(crate) mod activity;
 pub(crate) mod body;
-pub(crate) mod connect;
 pub(crate) mod forward;
 pub(crate) mod headers;
 pub(crate) mod listener;
+pub(crate) mod pool;
 pub(crate) mod routes;
 pub(crate) mod upgrade;
 

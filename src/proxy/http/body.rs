@@ -60,6 +60,18 @@ impl RequestBody {
     }
 }
 
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::Empty => f.write_str("Empty"),
+            RequestBody::Streamed(r) => f
+                .debug_struct("Streamed")
+                .field("started", &r.started())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -1,6 +1,7 @@
 //! Forwarding one request: pick an instance, send, fail over while nothing has been sent, and
 //! answer failures with a one-line text of cairn's own.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -17,8 +18,10 @@ use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
 use super::headers::{
     forwarded_headers, request_host, request_key, strip_hop_by_hop, upgrade_protocol, ALLOWED,
 };
+use super::pool::SendError;
 use super::routes::Route;
 use super::upgrade::tunnel;
+use crate::addr::Addr;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failover::{Attempts, Target};
 use crate::proxy::metrics::ListenerMetrics;
@@ -88,75 +91,92 @@ impl Forwarder {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let host = request_host(&parts.headers, &parts.uri);
-        let mut headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref());
+        let headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref());
         let client_host = host.and_then(|h| HeaderValue::from_str(h).ok());
         let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut upstream = Request::new(RequestBody::of(body.as_ref()));
+        *upstream.method_mut() = parts.method;
+        *upstream.uri_mut() = origin_form(&parts.uri);
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = headers;
         loop {
-            let uri = format!("http://{addr}{path}").parse::<Uri>().map_err(|e| {
-                ProxyError::BadTarget {
-                    service: route.service.clone(),
-                    cause: e.to_string(),
-                }
-            })?;
-            let mut upstream = Request::new(RequestBody::of(body.as_ref()));
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
-            // Only an attempt that may be followed by another needs its own copy.
-            *upstream.headers_mut() = if attempts.is_last() {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
+            let host = match &client_host {
+                Some(h) if !route.config.rewrite_host => Some(h.clone()),
+                // HTTP/1.1 requires a Host: the instance's address when the client sent none.
+                _ => HeaderValue::from_str(&addr.to_string()).ok(),
             };
-            let host_value = if route.config.rewrite_host {
-                HeaderValue::from_str(&addr.to_string()).ok()
-            } else {
-                client_host.clone()
-            };
-            if let Some(h) = host_value {
+            if let Some(h) = host {
                 upstream.headers_mut().insert(header::HOST, h);
             }
 
             let inflight = attempts.begin();
-            let sent =
-                tokio::time::timeout(route.config.request_timeout, route.client.request(upstream))
-                    .await;
-            let error = match sent {
-                Ok(Ok(resp)) => {
-                    attempts.answered(&addr, resp.status());
-                    return self.respond(resp, client_upgrade, route, inflight);
+            let error = if upgrade.is_some() {
+                match self
+                    .wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
+                    .await?
+                {
+                    Ok(resp) => {
+                        attempts.answered(&addr, resp.status());
+                        return self.respond(resp, client_upgrade, route, inflight);
+                    }
+                    Err(e) => e,
                 }
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        service: route.service.clone(),
-                        addr,
-                        after: route.config.request_timeout,
-                    })
+            } else {
+                match self
+                    .wait(route, &addr, route.pool.send(&addr, upstream))
+                    .await?
+                {
+                    Ok(resp) => {
+                        attempts.answered(&addr, resp.status());
+                        return self.respond(resp, None, route, inflight);
+                    }
+                    Err(e) => e,
                 }
-                Ok(Err(e)) => e,
             };
-            let reclaimable = body.as_ref().is_none_or(|b| !b.started());
-            if !error.is_connect() || !reclaimable {
-                debug!(service = %route.service, %addr, error = %crate::text::causes(&error), "upstream request failed");
-                return Err(ProxyError::Upstream {
-                    service: route.service.clone(),
-                    cause: crate::text::causes(&error),
-                    addr,
-                });
-            }
-            addr = attempts.failed(&addr, &crate::text::causes(&error))?;
+            let cause = match error {
+                // Nothing was sent: the same request goes to the next instance.
+                SendError::Unsent(cause, back) if body.as_ref().is_none_or(|b| !b.started()) => {
+                    upstream = *back;
+                    cause
+                }
+                SendError::Unsent(cause, _) => return Err(upstream_error(route, addr, cause)),
+                SendError::Failed(e) => {
+                    let cause = crate::text::causes(&e);
+                    debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
+                    return Err(upstream_error(route, addr, cause));
+                }
+            };
+            addr = attempts.failed(&addr, &cause)?;
         }
     }
 
-    /// Passes the upstream's response on; a `101 Switching Protocols` becomes a tunnel.
-    fn respond(
+    /// Waits `request_timeout` for an attempt's response head.
+    async fn wait<T>(
         &self,
-        mut resp: Response<Incoming>,
+        route: &Route,
+        addr: &Addr,
+        attempt: impl Future<Output = Result<T, SendError>>,
+    ) -> Result<Result<T, SendError>, ProxyError> {
+        tokio::time::timeout(route.config.request_timeout, attempt)
+            .await
+            .map_err(|_| ProxyError::Timeout {
+                service: route.service.clone(),
+                addr: addr.clone(),
+                after: route.config.request_timeout,
+            })
+    }
+
+    /// Passes the upstream's response on; a `101 Switching Protocols` becomes a tunnel.
+    fn respond<B>(
+        &self,
+        mut resp: Response<B>,
         client_upgrade: Option<OnUpgrade>,
         route: &Route,
         inflight: InFlight,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+    {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
                 return Err(ProxyError::SwitchedUnasked {
@@ -180,5 +200,24 @@ impl Forwarder {
         strip_hop_by_hop(resp.headers_mut());
         // The request stays in flight on its instance until the body has been sent.
         Ok(resp.map(|body| Guarded::new(body, inflight).boxed()))
+    }
+}
+
+/// A request that may have reached `addr` and got no response: never sent again.
+fn upstream_error(route: &Route, addr: Addr, cause: String) -> ProxyError {
+    ProxyError::Upstream {
+        service: route.service.clone(),
+        cause,
+        addr,
+    }
+}
+
+/// The request target an instance gets: the client's path and query (HTTP/2 and absolute-form
+/// requests carry a scheme and authority too, which go in the Host header instead).
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(_) if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     }
 }

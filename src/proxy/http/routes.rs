@@ -6,23 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::RequestBody;
-use super::connect::Connector;
+use super::pool::Pool;
 use crate::net::OwnAddrs;
 use crate::proxy::config::RouteConfig;
 use crate::registry::ServiceName;
 use crate::snapshot::{ServiceCell, Store};
 use crate::throttle::Throttle;
 
-/// The client every HTTP listener shares for one connect timeout.
-pub(crate) type Upstream = Client<Connector, RequestBody>;
-
-/// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
-/// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The connection pool every HTTP listener shares for one connect timeout.
+pub(crate) type Upstream = Arc<Pool>;
 
 /// How requests for one service are forwarded.
 pub(crate) struct Route {
@@ -32,8 +25,8 @@ pub(crate) struct Route {
     pub(crate) cell: Arc<ServiceCell>,
     /// Balance, retries, timeouts and Host rewriting.
     pub(crate) config: RouteConfig,
-    /// The pooled client for this route's connect timeout.
-    pub(crate) client: Upstream,
+    /// The connection pool for this route's connect timeout.
+    pub(crate) pool: Upstream,
     /// Throttles connect-failure warnings.
     pub(crate) throttle: Throttle,
 }
@@ -46,9 +39,9 @@ pub(crate) struct Routes {
     configured: HashMap<String, Arc<Route>>,
     /// Routes made on first use for services known only from the registry.
     discovered: DashMap<String, Arc<Route>>,
-    /// One pooled client per distinct connect timeout, so most setups share a single pool;
-    /// shared with the routes a reload makes, so kept-alive upstream connections survive it.
-    clients: Arc<Mutex<HashMap<Duration, Upstream>>>,
+    /// One pool per distinct connect timeout, so most setups share a single pool; shared with
+    /// the routes a reload makes, so kept-alive upstream connections survive it.
+    pools: Arc<Mutex<HashMap<Duration, Upstream>>>,
     /// cairn's own listeners, which no client ever dials.
     own: Arc<OwnAddrs>,
     /// This node's zone, for the policy of discovered services.
@@ -66,7 +59,7 @@ impl Routes {
         Routes::build(store, services, zone, own, Arc::default())
     }
 
-    /// The routes of a reloaded config, reusing these routes' pooled clients.
+    /// The routes of a reloaded config, reusing these routes' connection pools.
     pub(crate) fn renew<'a>(
         &self,
         services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
@@ -77,7 +70,7 @@ impl Routes {
             services,
             zone,
             Arc::clone(&self.own),
-            Arc::clone(&self.clients),
+            Arc::clone(&self.pools),
         )
     }
 
@@ -86,13 +79,13 @@ impl Routes {
         services: impl IntoIterator<Item = (&'a ServiceName, &'a RouteConfig)>,
         zone: Option<String>,
         own: Arc<OwnAddrs>,
-        clients: Arc<Mutex<HashMap<Duration, Upstream>>>,
+        pools: Arc<Mutex<HashMap<Duration, Upstream>>>,
     ) -> Arc<Routes> {
         let mut routes = Routes {
             store,
             configured: HashMap::new(),
             discovered: DashMap::new(),
-            clients,
+            pools,
             own,
             zone,
         };
@@ -148,32 +141,21 @@ impl Routes {
     }
 
     fn make(&self, service: &str, config: RouteConfig) -> Route {
-        let client = self
-            .clients
-            .lock()
-            .expect("the client map lock is never held across a panic")
-            .entry(config.connect_timeout)
-            .or_insert_with(|| upstream_client(config.connect_timeout, &self.own))
-            .clone();
+        let pool = Arc::clone(
+            self.pools
+                .lock()
+                .expect("the pool map lock is never held across a panic")
+                .entry(config.connect_timeout)
+                .or_insert_with(|| Pool::new(config.connect_timeout, Arc::clone(&self.own))),
+        );
         Route {
             service: service.to_string(),
             cell: self.store.cell(service),
             config,
-            client,
+            pool,
             throttle: Throttle::per_second(),
         }
     }
-}
-
-fn upstream_client(connect_timeout: Duration, own: &Arc<OwnAddrs>) -> Upstream {
-    let connector = Connector {
-        timeout: connect_timeout,
-        own: Arc::clone(own),
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// Where a listener sends requests.

@@ -1,0 +1,509 @@
+//! The upstream pool: kept-alive HTTP/1.1 connections to instances, each driven by the task of
+//! the request using it. A request polls its connection itself while it waits for the answer and
+//! while its response body streams, then hands the connection back when the body has ended. No
+//! background task per connection and no channel hop per request: one task wake-up where a
+//! separate connection task costs three.
+//!
+//! An idle connection is nobody's to poll, so it is checked before each reuse (a connection the
+//! instance closed is dropped, not written to) and swept every second, which drops the ones that
+//! closed or sat idle for [`IDLE_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{Builder, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::RequestBody;
+use crate::addr::Addr;
+use crate::net::{dial, OwnAddrs};
+
+/// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
+/// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this many idle connections are kept per instance; more are closed when they finish.
+const MAX_IDLE_PER_INSTANCE: usize = 256;
+
+/// How often idle connections are checked for a close by the instance, and for age.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+type Io = TokioIo<TcpStream>;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Nothing reached the instance: no connection, or one that closed before the request was
+    /// written. The request comes back, for another instance.
+    Unsent(String, Box<Request<RequestBody>>),
+    /// The request may have reached the instance; it must not be sent again.
+    Failed(hyper::Error),
+}
+
+/// Kept-alive connections to instances, shared by every route with the same connect timeout.
+pub(crate) struct Pool {
+    /// Time allowed for the lookup and the connect together.
+    connect_timeout: Duration,
+    /// cairn's own listeners, never dialed.
+    own: Arc<OwnAddrs>,
+    /// Idle connections by instance, the most recently used last.
+    idle: Mutex<HashMap<Addr, Vec<Idle>>>,
+    /// Whether the sweeper task runs.
+    sweeping: AtomicBool,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl Pool {
+    pub(crate) fn new(connect_timeout: Duration, own: Arc<OwnAddrs>) -> Arc<Pool> {
+        Arc::new(Pool {
+            connect_timeout,
+            own,
+            idle: Mutex::default(),
+            sweeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends `req` (origin-form URI, Host set) to `addr` on an idle connection or a new one. A
+    /// kept-alive connection that turns out closed before the request was written is replaced
+    /// by another; the request is never written twice.
+    ///
+    /// # Errors
+    /// [`SendError::Unsent`] when no connection could take the request, [`SendError::Failed`]
+    /// when the request was written and no response came.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: &Addr,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.checkout(addr) {
+                Some(conn) => (conn, true),
+                None => match self.connect(addr).await {
+                    Ok(conn) => (conn, false),
+                    Err(cause) => return Err(SendError::Unsent(cause, Box::new(req))),
+                },
+            };
+            match conn.send(req).await {
+                Ok(resp) => {
+                    let home = (Arc::clone(self), addr.clone());
+                    return Ok(resp.map(|body| UpstreamBody {
+                        body,
+                        conn: Some(conn),
+                        home: Some(home),
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        debug!(%addr, "kept-alive connection closed before use, taking another");
+                        req = back;
+                    }
+                    Some(back) => {
+                        let cause = crate::text::causes(e.error());
+                        return Err(SendError::Unsent(cause, Box::new(back)));
+                    }
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Sends a request that asks for an upgrade on a connection of its own, driven by a task of
+    /// its own so that a `101` hands the connection over; such a connection is never pooled.
+    ///
+    /// # Errors
+    /// As for [`Pool::send`].
+    pub(crate) async fn send_upgrade(
+        &self,
+        addr: &Addr,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let (mut sender, conn) = match self.dial(addr).await {
+            Ok(parts) => parts,
+            Err(cause) => return Err(SendError::Unsent(cause, Box::new(req))),
+        };
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %crate::text::causes(&e), "upgrade connection ended with an error");
+            }
+        });
+        sender
+            .try_send_request(req)
+            .await
+            .map_err(|mut e| match e.take_message() {
+                Some(back) => SendError::Unsent(crate::text::causes(e.error()), Box::new(back)),
+                None => SendError::Failed(e.into_error()),
+            })
+    }
+
+    /// A new connection to `addr`, or why there is none.
+    async fn connect(&self, addr: &Addr) -> Result<Conn, String> {
+        let (sender, conn) = self.dial(addr).await?;
+        Ok(Conn {
+            sender,
+            conn,
+            closed: false,
+        })
+    }
+
+    async fn dial(
+        &self,
+        addr: &Addr,
+    ) -> Result<(SendRequest<RequestBody>, Connection<Io, RequestBody>), String> {
+        let stream = dial(addr, self.connect_timeout, &self.own)
+            .await
+            .map_err(|e| e.to_string())?;
+        Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| crate::text::causes(&e))
+    }
+
+    /// An idle connection to `addr` still open and ready, the most recently used first.
+    fn checkout(&self, addr: &Addr) -> Option<Conn> {
+        loop {
+            let idle = self.lock().get_mut(addr)?.pop()?;
+            // Checked outside the lock: a closed one is dropped (closing its socket) here too.
+            if idle.since.elapsed() < IDLE_TIMEOUT {
+                let mut conn = idle.conn;
+                if conn.settle() {
+                    return Some(conn);
+                }
+            }
+        }
+    }
+
+    /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
+    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Conn) {
+        if !conn.settle() {
+            return;
+        }
+        {
+            let mut idle = self.lock();
+            let list = idle.entry(addr).or_default();
+            if list.len() >= MAX_IDLE_PER_INSTANCE {
+                return;
+            }
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drops the idle connections that closed or aged out, and empty lists.
+    fn sweep(&self) {
+        let mut gone = Vec::new();
+        let now = Instant::now();
+        self.lock().retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                let idle = &mut list[i];
+                if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
+                    gone.push(list.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
+        // Closing the sockets happens after the lock is released.
+        drop(gone);
+    }
+
+    /// The idle connections per instance: for tests and the pool's own checks.
+    #[cfg(test)]
+    fn idle_count(&self, addr: &Addr) -> usize {
+        self.lock().get(addr).map_or(0, Vec::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Vec<Idle>>> {
+        self.idle
+            .lock()
+            .expect("the pool lock is never held across a panic")
+    }
+}
+
+/// Sweeps `pool` every [`SWEEP_EVERY`] for as long as it exists.
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep();
+    }
+}
+
+/// One HTTP/1.1 connection to an instance, polled by whichever task uses it.
+struct Conn {
+    sender: SendRequest<RequestBody>,
+    conn: Connection<Io, RequestBody>,
+    /// The connection future has finished: the connection is closed.
+    closed: bool,
+}
+
+type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
+
+impl Conn {
+    /// Sends `req` and drives the connection until the response's head has arrived.
+    async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError> {
+        let answer = self.sender.try_send_request(req);
+        let mut answer = std::pin::pin!(answer);
+        poll_fn(|cx| {
+            self.drive(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Lets the connection read and write what it can.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.closed {
+            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx) {
+                self.closed = true;
+                if let Err(e) = r {
+                    debug!(error = %crate::text::causes(&e), "upstream connection ended with an error");
+                }
+            }
+        }
+    }
+
+    /// Whether the connection is open and ready for a request, after letting it notice what
+    /// happened since it was last polled (a close by the instance, the end of a response).
+    fn settle(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.closed && self.sender.is_ready()
+    }
+}
+
+/// An instance's response body: polling it drives the connection it arrives on, which goes
+/// back to the pool once the body has been read to its end.
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    home: Option<(Arc<Pool>, Addr)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("end", &self.body.is_end_stream())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// The body has ended: its connection may serve another request.
+    fn release(&mut self) {
+        if let (Some(conn), Some((pool, addr))) = (self.conn.take(), self.home.take()) {
+            pool.checkin(addr, conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            // A connection whose response broke off is never reused.
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (HEAD, 204, 304) may be dropped unpolled; one dropped
+        // before its end leaves bytes on the connection, which is then closed.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http::header::HOST;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An instance on a real socket that answers every request head with `answer` and counts
+    /// its connections; with `close_after`, it closes each connection after that many answers.
+    async fn instance(
+        answer: &'static str,
+        close_after: Option<usize>,
+    ) -> (Addr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Addr::Ip(listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut answered = 0;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            stream.write_all(answer.as_bytes()).await.unwrap();
+                            answered += 1;
+                            if close_after == Some(answered) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(path: &str) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert(HOST, "test".parse().unwrap());
+        req
+    }
+
+    async fn body_of(resp: Response<UpstreamBody>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn pool() -> Arc<Pool> {
+        Pool::new(Duration::from_secs(1), Arc::default())
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_in_turn() {
+        let (addr, accepted) = instance(OK, None).await;
+        let pool = pool();
+        for _ in 0..5 {
+            let resp = pool.send(&addr, get("/")).await.unwrap();
+            assert_eq!(body_of(resp).await, "ok\n");
+            assert_eq!(pool.idle_count(&addr), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closed_is_not_reused() {
+        let (addr, accepted) = instance(OK, Some(1)).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let resp = pool.send(&addr, get("/")).await.unwrap();
+            assert_eq!(body_of(resp).await, "ok\n");
+            // The instance's close reaches cairn before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        pool.sweep();
+        assert_eq!(pool.idle_count(&addr), 0, "a closed connection stayed idle");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        const LONG: &str = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial";
+        let (addr, accepted) = instance(LONG, None).await;
+        let pool = pool();
+        let resp = pool.send(&addr, get("/")).await.unwrap();
+        drop(resp);
+        assert_eq!(pool.idle_count(&addr), 0);
+        let resp = pool.send(&addr, get("/")).await.unwrap();
+        drop(resp);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bodyless_answer_frees_its_connection_unread() {
+        const EMPTY: &str = "HTTP/1.1 204 No Content\r\n\r\n";
+        let (addr, accepted) = instance(EMPTY, None).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let resp = pool.send(&addr, get("/")).await.unwrap();
+            assert_eq!(resp.status(), 204);
+            drop(resp);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_unsent_and_an_unanswered_request_failed() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = Addr::Ip(closed.local_addr().unwrap());
+        drop(closed);
+        let pool = pool();
+        match pool.send(&dead, get("/")).await {
+            Err(SendError::Unsent(cause, back)) => {
+                assert!(cause.contains("refused"), "{cause}");
+                assert_eq!(back.uri(), "/", "the request did not come back whole");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An instance that reads the request and closes without answering.
+        let (mute, _) = instance("", Some(1)).await;
+        match pool.send(&mute, get("/")).await {
+            Err(SendError::Failed(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
