@@ -55,10 +55,19 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(parsed.workers)
-                .enable_all()
-                .build();
+            // One worker is one thread, as an nginx worker or an HAProxy thread: the runtime
+            // that runs everything on the thread that started it, with no work-stealing
+            // machinery to pay for.
+            let runtime = if parsed.workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(parsed.workers)
+                    .enable_all()
+                    .build()
+            };
             let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
