@@ -37,8 +37,10 @@ async fn runtime_workers_sets_the_number_of_worker_threads() {
         text.push_str(&format!("\n[runtime]\nworkers = {workers}\n"));
         let cairn = Cairn::start(&text).await;
         cairn.wait_ready().await;
-        // tokio names its worker threads "tokio-rt-worker".
-        assert_eq!(threads_named(cairn.pid(), "tokio-rt-worker"), workers);
+        // tokio names its worker threads "tokio-rt-worker"; one worker is the main thread
+        // itself (a single-threaded runtime), with no worker thread beside it.
+        let beside_main = if workers == 1 { 0 } else { workers };
+        assert_eq!(threads_named(cairn.pid(), "tokio-rt-worker"), beside_main);
         assert!(
             cairn.log().contains(&format!("workers={workers}")),
             "{}",
