@@ -2,8 +2,10 @@
 //! clients, serves HTTP/1.1 and h2c on their connections, and routes each request.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +25,7 @@ use super::body::ProxyBody;
 use super::forward::Forwarder;
 use super::headers::{request_host, ALLOWED};
 use super::routes::{Routes, Routing};
+use super::side::Side;
 use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
@@ -115,28 +118,39 @@ impl HttpListener {
                 // the close (an HTTP/2 client that no longer reads), it is dropped.
                 let mut give_up: Option<tokio::time::Instant> = None;
                 loop {
-                    tokio::select! {
-                        r = conn.as_mut() => {
+                    // Watched beside the connection, polled only when one of them fires.
+                    let mut side = Side::new(next_event(
+                        &draining, &activity, idle, &abort, closing, give_up,
+                    ));
+                    let event = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                            return Poll::Ready(Event::Ended(r));
+                        }
+                        side.poll_side(cx)
+                    })
+                    .await;
+                    match event {
+                        Event::Ended(r) => {
                             if let Err(e) = r {
                                 debug!(%peer, error = %e, "client connection ended with an error");
                             }
                             break;
                         }
-                        _ = draining.cancelled(), if !closing => {
+                        Event::Drain => {
                             conn.as_mut().graceful_shutdown();
                             closing = true;
                         }
-                        _ = activity.idle(idle), if !closing => {
+                        Event::Idle => {
                             debug!(%peer, "client connection idle, closing");
                             conn.as_mut().graceful_shutdown();
                             closing = true;
                             give_up = Some(tokio::time::Instant::now() + IDLE_CLOSE_WAIT);
                         }
-                        _ = crate::shutdown::until(give_up) => {
+                        Event::GiveUp => {
                             debug!(%peer, "idle client did not close, dropping its connection");
                             break;
                         }
-                        _ = abort.cancelled() => break,
+                        Event::Abort => break,
                     }
                 }
                 drop(permit);
@@ -196,6 +210,37 @@ impl HttpListener {
             }
         };
         self.forwarder.forward(&route, req, peer).await
+    }
+}
+
+/// What ends a client connection's wait.
+enum Event<E> {
+    /// The connection closed, or failed.
+    Ended(Result<(), E>),
+    /// cairn is draining: finish what is in flight, then close.
+    Drain,
+    /// No request for the idle timeout: close.
+    Idle,
+    /// An idle client did not take part in the close: drop it.
+    GiveUp,
+    /// The grace period is over.
+    Abort,
+}
+
+/// The next event beside the connection itself, given what has happened so far.
+async fn next_event<E>(
+    draining: &CancellationToken,
+    activity: &Activity,
+    idle: Duration,
+    abort: &CancellationToken,
+    closing: bool,
+    give_up: Option<tokio::time::Instant>,
+) -> Event<E> {
+    tokio::select! {
+        _ = draining.cancelled(), if !closing => Event::Drain,
+        _ = activity.idle(idle), if !closing => Event::Idle,
+        _ = crate::shutdown::until(give_up) => Event::GiveUp,
+        _ = abort.cancelled() => Event::Abort,
     }
 }
 
