@@ -64,7 +64,7 @@ pub(crate) struct Pool {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -93,7 +93,9 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.checkout(addr) {
                 Some(conn) => (conn, true),
-                None => match self.connect(addr).await {
+                // Boxed: dialing is rare next to reuse, and its future would make every
+                // request's future larger (each request's future is moved a few times).
+                None => match Box::pin(self.connect(addr)).await {
                     Ok(conn) => (conn, false),
                     Err(cause) => return Err(SendError::Unsent(cause, Box::new(req))),
                 },
@@ -132,7 +134,7 @@ impl Pool {
         addr: &Addr,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let (mut sender, conn) = match self.dial(addr).await {
+        let (mut sender, conn) = match Box::pin(self.dial(addr)).await {
             Ok(parts) => parts,
             Err(cause) => return Err(SendError::Unsent(cause, Box::new(req))),
         };
@@ -152,13 +154,13 @@ impl Pool {
     }
 
     /// A new connection to `addr`, or why there is none.
-    async fn connect(&self, addr: &Addr) -> Result<Conn, String> {
+    async fn connect(&self, addr: &Addr) -> Result<Box<Conn>, String> {
         let (sender, conn) = self.dial(addr).await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             conn,
             closed: false,
-        })
+        }))
     }
 
     async fn dial(
@@ -175,7 +177,7 @@ impl Pool {
     }
 
     /// An idle connection to `addr` still open and ready, the most recently used first.
-    fn checkout(&self, addr: &Addr) -> Option<Conn> {
+    fn checkout(&self, addr: &Addr) -> Option<Box<Conn>> {
         loop {
             let idle = self.lock().get_mut(addr)?.pop()?;
             // Checked outside the lock: a closed one is dropped (closing its socket) here too.
@@ -189,7 +191,7 @@ impl Pool {
     }
 
     /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
-    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Conn) {
+    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
         if !conn.settle() {
             return;
         }
@@ -303,7 +305,7 @@ impl Conn {
 /// back to the pool once the body has been read to its end.
 pub(crate) struct UpstreamBody {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     home: Option<(Arc<Pool>, Addr)>,
 }
 
