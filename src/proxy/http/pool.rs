@@ -206,8 +206,11 @@ impl Pool {
                 since: Instant::now(),
             });
         }
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
+        // A body may be dropped outside the runtime (as it shuts down): no sweeper then.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if !self.sweeping.swap(true, Ordering::AcqRel) {
+                runtime.spawn(sweep(Arc::downgrade(self)));
+            }
         }
     }
 
@@ -379,10 +382,12 @@ mod tests {
     use super::*;
 
     /// An instance on a real socket that answers every request head with `answer` and counts
-    /// its connections; with `close_after`, it closes each connection after that many answers.
-    async fn instance(
+    /// its connections; with `close_after`, it closes each connection after that many answers
+    /// and `linger` more.
+    async fn instance_lingering(
         answer: &'static str,
         close_after: Option<usize>,
+        linger: Duration,
     ) -> (Addr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = Addr::Ip(listener.local_addr().unwrap());
@@ -407,6 +412,7 @@ mod tests {
                             stream.write_all(answer.as_bytes()).await.unwrap();
                             answered += 1;
                             if close_after == Some(answered) {
+                                tokio::time::sleep(linger).await;
                                 return;
                             }
                         }
@@ -415,6 +421,13 @@ mod tests {
             }
         });
         (addr, accepted)
+    }
+
+    async fn instance(
+        answer: &'static str,
+        close_after: Option<usize>,
+    ) -> (Addr, Arc<AtomicUsize>) {
+        instance_lingering(answer, close_after, Duration::ZERO).await
     }
 
     fn get(path: &str) -> Request<RequestBody> {
@@ -459,6 +472,18 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         pool.sweep();
+        assert_eq!(pool.idle_count(&addr), 0, "a closed connection stayed idle");
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_drops_idle_connections_the_instance_closed() {
+        let (addr, _) = instance_lingering(OK, Some(1), Duration::from_millis(300)).await;
+        let pool = pool();
+        let resp = pool.send(&addr, get("/")).await.unwrap();
+        assert_eq!(body_of(resp).await, "ok\n");
+        assert_eq!(pool.idle_count(&addr), 1);
+        // No request comes: the sweep alone notices the close.
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
         assert_eq!(pool.idle_count(&addr), 0, "a closed connection stayed idle");
     }
 
