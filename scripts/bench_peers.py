@@ -9,7 +9,8 @@ then the median of the rounds:
   (c) HTTP latency at 1 connection (wrk --latency, p50);
   (d) HTTP requests per second at 32 connections (wrk);
   (e) HTTP/2 prior-knowledge requests per second (h2load, 32 connections, 10 streams each);
-and cairn's peak RSS under (d).
+and cairn's peak RSS. With --baseline, a second cairn build is measured in the same rounds, as a
+column of its own (an A/B of a change); --only picks measurements.
 
 Two placements: every thread of every process (upstreams and load generators included) pinned
 to one CPU with `taskset -a -p`, and unpinned. Run it through `scripts/bench-peers`, which
