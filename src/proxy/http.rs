@@ -16,6 +16,7 @@
 //! - [`headers`]: what is removed from and added to requests and responses.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
 //! - [`pool`]: kept-alive connections to instances, driven by the requests that use them.
+//! - [`upstream`]: one such connection, and the response body that drives it.
 //! - [`side`]: watching for a drain or an idle timeout without polling on every wake-up.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 
@@ -28,6 +29,7 @@ pub(crate) mod pool;
 pub(crate) mod routes;
 pub(crate) mod side;
 pub(crate) mod upgrade;
+pub(crate) mod upstream;
 
 pub(crate) use forward::Forwarder;
 pub(crate) use listener::HttpListener;

@@ -21,6 +21,7 @@ use super::headers::{
 use super::pool::SendError;
 use super::routes::Route;
 use super::upgrade::tunnel;
+use super::upstream::UpstreamBody;
 use crate::addr::Addr;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failover::{Attempts, Target};
@@ -110,28 +111,19 @@ impl Forwarder {
             }
 
             let inflight = attempts.begin();
-            let error = if upgrade.is_some() {
-                match self
-                    .wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
+            let sent = if upgrade.is_some() {
+                self.wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
                     .await?
-                {
-                    Ok(resp) => {
-                        attempts.answered(&addr, resp.status());
-                        return self.respond(resp, client_upgrade, route, inflight);
-                    }
-                    Err(e) => e,
-                }
             } else {
-                match self
-                    .wait(route, &addr, route.pool.send(&addr, upstream))
+                self.wait(route, &addr, route.pool.send(&addr, upstream))
                     .await?
-                {
-                    Ok(resp) => {
-                        attempts.answered(&addr, resp.status());
-                        return self.respond(resp, None, route, inflight);
-                    }
-                    Err(e) => e,
+            };
+            let error = match sent {
+                Ok(resp) => {
+                    attempts.answered(&addr, resp.status());
+                    return self.respond(resp, client_upgrade, route, inflight);
                 }
+                Err(e) => e,
             };
             let cause = match error {
                 // Nothing was sent: the same request goes to the next instance.
@@ -167,16 +159,13 @@ impl Forwarder {
     }
 
     /// Passes the upstream's response on; a `101 Switching Protocols` becomes a tunnel.
-    fn respond<B>(
+    fn respond(
         &self,
-        mut resp: Response<B>,
+        mut resp: Response<UpstreamBody>,
         client_upgrade: Option<OnUpgrade>,
         route: &Route,
         inflight: InFlight,
-    ) -> Result<Response<ProxyBody>, ProxyError>
-    where
-        B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
-    {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
                 return Err(ProxyError::SwitchedUnasked {

@@ -9,37 +9,28 @@
 //! closed or sat idle for [`IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Builder, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::upstream::{handshake, Conn, Parts, TrySendError, UpstreamBody};
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
 
 /// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
 /// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// At most this many idle connections are kept per instance; more are closed when they finish.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
 
 /// How often idle connections are checked for a close by the instance, and for age.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-type Io = TokioIo<TcpStream>;
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -49,6 +40,16 @@ pub(crate) enum SendError {
     Unsent(String, Box<Request<RequestBody>>),
     /// The request may have reached the instance; it must not be sent again.
     Failed(hyper::Error),
+}
+
+impl From<TrySendError> for SendError {
+    /// A request hyper gives back was not written; one it kept may have been.
+    fn from(mut e: TrySendError) -> SendError {
+        match e.take_message() {
+            Some(back) => SendError::Unsent(crate::text::causes(e.error()), Box::new(back)),
+            None => SendError::Failed(e.into_error()),
+        }
+    }
 }
 
 /// Kept-alive connections to instances, shared by every route with the same connect timeout.
@@ -102,23 +103,17 @@ impl Pool {
             };
             match conn.send(req).await {
                 Ok(resp) => {
-                    let home = (Arc::clone(self), addr.clone());
-                    return Ok(resp.map(|body| UpstreamBody {
-                        body,
-                        conn: Some(conn),
-                        home: Some(home),
-                    }));
+                    let pool = Arc::clone(self);
+                    return Ok(
+                        resp.map(|body| UpstreamBody::pooled(body, conn, pool, addr.clone()))
+                    );
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => {
+                Err(e) => match SendError::from(e) {
+                    SendError::Unsent(_, back) if reused => {
                         debug!(%addr, "kept-alive connection closed before use, taking another");
-                        req = back;
+                        req = *back;
                     }
-                    Some(back) => {
-                        let cause = crate::text::causes(e.error());
-                        return Err(SendError::Unsent(cause, Box::new(back)));
-                    }
-                    None => return Err(SendError::Failed(e.into_error())),
+                    e => return Err(e),
                 },
             }
         }
@@ -133,7 +128,7 @@ impl Pool {
         &self,
         addr: &Addr,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let (mut sender, conn) = match Box::pin(self.dial(addr)).await {
             Ok(parts) => parts,
             Err(cause) => return Err(SendError::Unsent(cause, Box::new(req))),
@@ -144,36 +139,22 @@ impl Pool {
                 debug!(%addr, error = %crate::text::causes(&e), "upgrade connection ended with an error");
             }
         });
-        sender
-            .try_send_request(req)
-            .await
-            .map_err(|mut e| match e.take_message() {
-                Some(back) => SendError::Unsent(crate::text::causes(e.error()), Box::new(back)),
-                None => SendError::Failed(e.into_error()),
-            })
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::unpooled)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A new connection to `addr`, or why there is none.
     async fn connect(&self, addr: &Addr) -> Result<Box<Conn>, String> {
-        let (sender, conn) = self.dial(addr).await?;
-        Ok(Box::new(Conn {
-            sender,
-            conn,
-            closed: false,
-        }))
+        self.dial(addr).await.map(Conn::new)
     }
 
-    async fn dial(
-        &self,
-        addr: &Addr,
-    ) -> Result<(SendRequest<RequestBody>, Connection<Io, RequestBody>), String> {
+    async fn dial(&self, addr: &Addr) -> Result<Parts, String> {
         let stream = dial(addr, self.connect_timeout, &self.own)
             .await
             .map_err(|e| e.to_string())?;
-        Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| crate::text::causes(&e))
+        handshake(stream).await
     }
 
     /// An idle connection to `addr` still open and ready, the most recently used first.
@@ -191,7 +172,7 @@ impl Pool {
     }
 
     /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
-    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
+    pub(super) fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
         if !conn.settle() {
             return;
         }
@@ -256,117 +237,6 @@ async fn sweep(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.sweep();
-    }
-}
-
-/// One HTTP/1.1 connection to an instance, polled by whichever task uses it.
-struct Conn {
-    sender: SendRequest<RequestBody>,
-    conn: Connection<Io, RequestBody>,
-    /// The connection future has finished: the connection is closed.
-    closed: bool,
-}
-
-type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
-
-impl Conn {
-    /// Sends `req` and drives the connection until the response's head has arrived.
-    async fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError> {
-        let answer = self.sender.try_send_request(req);
-        let mut answer = std::pin::pin!(answer);
-        poll_fn(|cx| {
-            self.drive(cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Lets the connection read and write what it can.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.closed {
-            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx) {
-                self.closed = true;
-                if let Err(e) = r {
-                    debug!(error = %crate::text::causes(&e), "upstream connection ended with an error");
-                }
-            }
-        }
-    }
-
-    /// Whether the connection is open and ready for a request, after letting it notice what
-    /// happened since it was last polled (a close by the instance, the end of a response).
-    fn settle(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.closed && self.sender.is_ready()
-    }
-}
-
-/// An instance's response body: polling it drives the connection it arrives on, which goes
-/// back to the pool once the body has been read to its end.
-pub(crate) struct UpstreamBody {
-    body: Incoming,
-    conn: Option<Box<Conn>>,
-    home: Option<(Arc<Pool>, Addr)>,
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("end", &self.body.is_end_stream())
-            .finish_non_exhaustive()
-    }
-}
-
-impl UpstreamBody {
-    /// The body has ended: its connection may serve another request.
-    fn release(&mut self) {
-        if let (Some(conn), Some((pool, addr))) = (self.conn.take(), self.home.take()) {
-            pool.checkin(addr, conn);
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(conn) = &mut this.conn {
-            conn.drive(cx);
-        }
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => this.release(),
-            // A connection whose response broke off is never reused.
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // A body with nothing to read (HEAD, 204, 304) may be dropped unpolled; one dropped
-        // before its end leaves bytes on the connection, which is then closed.
-        if self.body.is_end_stream() {
-            self.release();
-        }
     }
 }
 

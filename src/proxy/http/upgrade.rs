@@ -3,11 +3,9 @@
 
 use std::error::Error as StdError;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::Response;
 use http_body_util::BodyExt;
-use hyper::body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -16,21 +14,19 @@ use tracing::debug;
 
 use super::body::ProxyBody;
 use super::headers::strip_hop_by_hop;
+use super::upstream::UpstreamBody;
 use crate::snapshot::InFlight;
 
 /// Passes the instance's `101` on to the client and relays both upgraded connections on
 /// `tunnels` until either side closes or `abort` fires; `inflight` is held as long.
-pub(crate) fn tunnel<B>(
-    mut resp: Response<B>,
+pub(crate) fn tunnel(
+    mut resp: Response<UpstreamBody>,
     client_side: OnUpgrade,
     tunnels: &TaskTracker,
     abort: CancellationToken,
     service: String,
     inflight: InFlight,
-) -> Response<ProxyBody>
-where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
-{
+) -> Response<ProxyBody> {
     let upstream_side = hyper::upgrade::on(&mut resp);
     let upgrade = resp.headers().get(header::UPGRADE).cloned();
     strip_hop_by_hop(resp.headers_mut());
