@@ -16,7 +16,7 @@
 //! - [`headers`]: what is removed from and added to requests and responses.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
 //! - [`pool`]: kept-alive connections to instances, driven by the requests that use them.
-//! - [`upstream`]: one such connection, and the response body that drives it.
+//! - [`upstream`]: one such connection, polled by whichever task uses it.
 //! - [`side`]: watching for a drain or an idle timeout without polling on every wake-up.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 

@@ -19,9 +19,9 @@ use super::headers::{
     forwarded_headers, request_host, request_key, strip_hop_by_hop, upgrade_protocol, ALLOWED,
 };
 use super::pool::SendError;
+use super::pool::UpstreamBody;
 use super::routes::Route;
 use super::upgrade::tunnel;
-use super::upstream::UpstreamBody;
 use crate::addr::Addr;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failover::{Attempts, Target};

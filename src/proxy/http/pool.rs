@@ -9,16 +9,20 @@
 //! closed or sat idle for [`IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::RequestBody;
-use super::upstream::{handshake, Conn, Parts, TrySendError, UpstreamBody};
+use super::upstream::{handshake, Conn, Parts, TrySendError};
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
 
@@ -172,7 +176,7 @@ impl Pool {
     }
 
     /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
-    pub(super) fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
+    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
         if !conn.settle() {
             return;
         }
@@ -237,6 +241,86 @@ async fn sweep(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.sweep();
+    }
+}
+
+/// An instance's response body: polling it drives the connection it arrives on, which goes
+/// back to the pool once the body has been read to its end.
+pub(crate) struct UpstreamBody {
+    body: Incoming,
+    /// The connection the body arrives on, with the pool it returns to; `None` once released or
+    /// given up, and for a connection driven by a task of its own (an upgrade).
+    pooled: Option<(Box<Conn>, Arc<Pool>, Addr)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("end", &self.body.is_end_stream())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// A body arriving on `conn`, which goes back to `pool` as a connection to `addr`.
+    fn pooled(body: Incoming, conn: Box<Conn>, pool: Arc<Pool>, addr: Addr) -> Self {
+        UpstreamBody {
+            body,
+            pooled: Some((conn, pool, addr)),
+        }
+    }
+
+    /// A body on a connection some other task drives.
+    fn unpooled(body: Incoming) -> Self {
+        UpstreamBody { body, pooled: None }
+    }
+
+    /// The body has ended: its connection may serve another request.
+    fn release(&mut self) {
+        if let Some((conn, pool, addr)) = self.pooled.take() {
+            pool.checkin(addr, conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some((conn, ..)) = &mut this.pooled {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            // A connection whose response broke off is never reused.
+            Poll::Ready(Some(Err(_))) => this.pooled = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (HEAD, 204, 304) may be dropped unpolled; one dropped
+        // before its end leaves bytes on the connection, which is then closed.
+        if self.body.is_end_stream() {
+            self.release();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::body::ProxyBody;
 use super::headers::strip_hop_by_hop;
-use super::upstream::UpstreamBody;
+use super::pool::UpstreamBody;
 use crate::snapshot::InFlight;
 
 /// Passes the instance's `101` on to the client and relays both upgraded connections on
