@@ -97,6 +97,11 @@ impl ProxyError {
         }
     }
 
+    /// The one line a client gets as the answer's body.
+    pub(crate) fn line(&self) -> String {
+        format!("cairn: {self}\n")
+    }
+
     /// Counts the failure on the listener's counters.
     pub(crate) fn count(&self, metrics: &ListenerMetrics) {
         let counter = match self {

@@ -17,7 +17,7 @@ use crate::support::{cpu_share, eventually};
 const SOON: Duration = Duration::from_secs(10);
 
 /// etcd, one raw upstream registered as `web/raw`, and cairn with an HTTP service `web`.
-async fn http_setup(reply: Reply, extra: &str) -> (Etcd, RawUpstream, Cairn) {
+pub(crate) async fn http_setup(reply: Reply, extra: &str) -> (Etcd, RawUpstream, Cairn) {
     let etcd = Etcd::start().await;
     let up = RawUpstream::start(reply).await;
     etcd.client()

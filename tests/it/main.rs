@@ -11,6 +11,7 @@ mod cluster;
 mod discovery;
 mod ejection;
 mod floods;
+mod framing;
 mod hostile;
 mod http;
 mod layers;

@@ -48,6 +48,7 @@ pub struct RawUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -60,16 +61,25 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("its address");
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&received);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve(stream, reply.clone(), Arc::clone(&log)));
             }
         });
         RawUpstream {
             addr,
             received,
+            connections,
             task,
         }
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request received so far.

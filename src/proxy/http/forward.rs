@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
 use super::headers::{
-    forwarded_headers, request_host, request_key, strip_hop_by_hop, upgrade_protocol, ALLOWED,
+    forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED,
 };
 use super::pool::SendError;
 use super::pool::UpstreamBody;
@@ -24,7 +24,6 @@ use super::routes::Route;
 use super::upgrade::tunnel;
 use crate::addr::Addr;
 use crate::proxy::error::ProxyError;
-use crate::proxy::failover::{Attempts, Target};
 use crate::proxy::metrics::ListenerMetrics;
 use crate::snapshot::InFlight;
 
@@ -56,7 +55,7 @@ impl Forwarder {
     pub(crate) fn answer(&self, e: &ProxyError) -> Response<ProxyBody> {
         e.count(&self.metrics);
         let mut resp = Response::new(
-            Full::new(Bytes::from(format!("cairn: {e}\n")))
+            Full::new(Bytes::from(e.line()))
                 .map_err(|never| match never {})
                 .boxed(),
         );
@@ -79,15 +78,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let target = Target {
-            cell: &route.cell,
-            service: &route.service,
-            retries: route.config.retries,
-            throttle: &route.throttle,
-        };
-        let key =
-            (route.config.hash_key.as_ref()).and_then(|k| request_key(k, req.headers(), peer));
-        let (mut attempts, mut addr) = Attempts::start(&target, &self.metrics, key)?;
+        let (mut attempts, mut addr) = route.attempts(&self.metrics, req.headers(), peer)?;
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();

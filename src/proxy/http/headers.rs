@@ -8,24 +8,39 @@ use http::{Request, Uri};
 
 use crate::balance::{hash, HashKey};
 
+/// A message's headers as [`request_key`] reads them: every value of one name, any case.
+pub(crate) trait HeaderValues {
+    /// The values of the header `name` (lowercase), in order.
+    fn values<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s [u8]>;
+}
+
+impl HeaderValues for HeaderMap {
+    fn values<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
 /// The hash of what `key` names in a request from `peer`; `None` when the request lacks it (the
 /// pick then falls back to round robin). Several values of one header hash as one.
-pub(crate) fn request_key(key: &HashKey, headers: &HeaderMap, peer: SocketAddr) -> Option<u64> {
+pub(crate) fn request_key(
+    key: &HashKey,
+    headers: &(impl HeaderValues + ?Sized),
+    peer: SocketAddr,
+) -> Option<u64> {
     match key {
         HashKey::ClientIp => Some(hash::ip(peer.ip())),
         HashKey::Header(name) => {
-            let mut values = headers.get_all(name.as_str()).iter();
+            let mut values = headers.values(name.as_str());
             let first = values.next()?;
-            let mut h = hash::hash(first.as_bytes(), 0);
+            let mut h = hash::hash(first, 0);
             for more in values {
-                h = hash::hash(more.as_bytes(), h);
+                h = hash::hash(more, h);
             }
             Some(h)
         }
         HashKey::Cookie(name) => headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .values("cookie")
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(n, _)| n == name)
@@ -48,9 +63,7 @@ pub(crate) fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .headers()
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .any(|v| Listed::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case("upgrade")));
     asks.then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
 }
@@ -59,78 +72,140 @@ pub(crate) fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub(crate) const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 
 /// Headers that describe one connection, not the message; a proxy never forwards them.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
-fn is_hop_by_hop(name: &HeaderName, listed: &[HeaderName]) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-") || listed.contains(name)
-}
+/// The header names a message's Connection headers list as hop-by-hop.
+#[derive(Debug, Default)]
+pub(crate) struct Listed<'a>(Vec<&'a str>);
 
-/// The header names a Connection header lists as hop-by-hop.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+impl<'a> Listed<'a> {
+    /// The names listed in the Connection header values `values`.
+    pub(crate) fn new(values: impl Iterator<Item = &'a [u8]>) -> Listed<'a> {
+        Listed(values.flat_map(Listed::tokens).collect())
+    }
+
+    /// The tokens of one Connection header value.
+    pub(crate) fn tokens(value: &'a [u8]) -> impl Iterator<Item = &'a str> {
+        std::str::from_utf8(value)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Whether `token` is listed.
+    pub(crate) fn has(&self, token: &str) -> bool {
+        self.0.iter().any(|t| t.eq_ignore_ascii_case(token))
+    }
+
+    /// Whether a header `name` (any case) is hop-by-hop: one of [`HOP_BY_HOP`], a `Proxy-*`
+    /// header, or one listed.
+    pub(crate) fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+            || name
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+            || self.has(name)
+    }
 }
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
+    let listed = Listed::new(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_hop_by_hop(n, &listed))
+        .filter(|n| listed.is_hop_by_hop(n.as_str()))
         .cloned()
         .collect();
+    drop(listed);
     for name in doomed {
         headers.remove(name);
     }
 }
 
-/// The headers sent upstream: the client's, minus hop-by-hop ones, Host (set per attempt) and
-/// Expect (the 100-continue exchange already happened with cairn), plus X-Forwarded-*.
+/// What happens to a client's request header on its way to an instance.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Forwarded as it is.
+    Keep,
+    /// Dropped: hop-by-hop, Host (set per attempt), Expect (the 100-continue exchange already
+    /// happened with cairn), or an X-Forwarded-* header cairn sets itself.
+    Drop,
+    /// Joined into the X-Forwarded-For cairn sends.
+    ForwardedFor,
+}
+
+/// The fate of the request header `name` (any case).
+pub(crate) fn fate(name: &str, listed: &Listed<'_>) -> Fate {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    if is("x-forwarded-for") {
+        Fate::ForwardedFor
+    } else if listed.is_hop_by_hop(name)
+        || is("host")
+        || is("expect")
+        || is("x-forwarded-proto")
+        || is("x-forwarded-host")
+    {
+        Fate::Drop
+    } else {
+        Fate::Keep
+    }
+}
+
+/// Adds one X-Forwarded-For value (itself a list) to the list that starts at `out[start..]`.
+pub(crate) fn join_forwarded_for(out: &mut Vec<u8>, start: usize, value: &[u8]) {
+    if out.len() > start {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(value);
+}
+
+/// Ends the X-Forwarded-For list that starts at `out[start..]` with the client's address.
+pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, peer: SocketAddr) {
+    use std::io::Write;
+    if out.len() > start {
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}", peer.ip());
+}
+
+/// The headers sent upstream: the client's, minus those [`fate`] drops, plus X-Forwarded-*.
 pub(crate) fn forwarded_headers(
     client: &HeaderMap,
     peer: SocketAddr,
     host: Option<&str>,
     upgrade: Option<&HeaderValue>,
 ) -> HeaderMap {
-    let listed = connection_listed(client);
+    let listed = Listed::new(
+        client
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let mut out = HeaderMap::with_capacity(client.len() + 4);
-    let mut forwarded_for: Option<String> = None;
+    let mut forwarded_for = Vec::new();
     for (name, value) in client {
-        if is_hop_by_hop(name, &listed) || name == header::HOST || name == header::EXPECT {
-            continue;
-        }
-        if name == "x-forwarded-for" {
-            if let Ok(v) = value.to_str() {
-                let list = forwarded_for.get_or_insert_with(String::new);
-                if !list.is_empty() {
-                    list.push_str(", ");
-                }
-                list.push_str(v);
+        match fate(name.as_str(), &listed) {
+            Fate::Keep => {
+                out.append(name.clone(), value.clone());
             }
-            continue;
+            Fate::ForwardedFor => join_forwarded_for(&mut forwarded_for, 0, value.as_bytes()),
+            Fate::Drop => {}
         }
-        if name == "x-forwarded-proto" || name == "x-forwarded-host" {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
     }
-    let mut xff = forwarded_for.unwrap_or_default();
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    xff.push_str(&peer.ip().to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    end_forwarded_for(&mut forwarded_for, 0, peer);
+    if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
         out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     out.insert(

@@ -23,7 +23,9 @@ use tracing::debug;
 use super::activity::{Activity, Tracked};
 use super::body::ProxyBody;
 use super::forward::Forwarder;
+use super::h1::{self, Served, Site};
 use super::headers::{request_host, ALLOWED};
+use super::prefixed::Prefixed;
 use super::routes::{Routes, Routing};
 use super::side::Side;
 use crate::accept::{accept_loop, Caps};
@@ -73,90 +75,104 @@ impl HttpListener {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(self.limits.idle_timeout / 2);
-        let abort = self.forwarder.abort.clone();
-        let idle = self.limits.idle_timeout;
-        let draining = drain;
+        let builder = Arc::new(builder);
         accept_loop(listener, caps, stop, |stream, peer, permit| {
             self.forwarder.metrics.accepted.inc();
             let _ = stream.set_nodelay(true);
             let this = Arc::clone(&self);
-            let activity = Activity::new();
-            let busy = Arc::clone(&activity);
-            let service = hyper::service::service_fn(move |req| {
-                let this = Arc::clone(&this);
-                let busy = busy.begin();
-                async move {
-                    let resp = this.handle(req, peer).await;
-                    Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
-                }
-            });
-            let abort = abort.clone();
-            let builder = builder.clone();
-            let draining = draining.clone();
+            let builder = Arc::clone(&builder);
+            let draining = drain.clone();
             tracker.spawn(async move {
-                // Detecting HTTP/1.1 or h2 waits for the client's first bytes with no timer of
-                // its own; a client that says nothing is dropped after the idle timeout, or at
-                // once when cairn starts draining.
-                let mut first = [0u8; 1];
-                tokio::select! {
-                    r = tokio::time::timeout(idle, stream.peek(&mut first)) => match r {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => return,
-                        Err(_) => {
-                            debug!(%peer, "client sent nothing within the idle timeout, closing");
-                            return;
-                        }
-                    },
-                    _ = draining.cancelled() => return,
-                }
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                // A graceful shutdown lets the requests in flight finish, then closes: HTTP/2
-                // clients get a GOAWAY, kept-alive HTTP/1.1 clients a close after the response.
-                let mut closing = false;
-                // An idle connection has nothing in flight: if the client does not take part in
-                // the close (an HTTP/2 client that no longer reads), it is dropped.
-                let mut give_up: Option<tokio::time::Instant> = None;
-                loop {
-                    // Watched beside the connection, polled only when one of them fires.
-                    let mut side = Side::new(next_event(
-                        &draining, &activity, idle, &abort, closing, give_up,
-                    ));
-                    let event = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                            return Poll::Ready(Event::Ended(r));
-                        }
-                        side.poll_side(cx)
-                    })
-                    .await;
-                    match event {
-                        Event::Ended(r) => {
-                            if let Err(e) = r {
-                                debug!(%peer, error = %e, "client connection ended with an error");
-                            }
-                            break;
-                        }
-                        Event::Drain => {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                        Event::Idle => {
-                            debug!(%peer, "client connection idle, closing");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                            give_up = Some(tokio::time::Instant::now() + IDLE_CLOSE_WAIT);
-                        }
-                        Event::GiveUp => {
-                            debug!(%peer, "idle client did not close, dropping its connection");
-                            break;
-                        }
-                        Event::Abort => break,
-                    }
+                let abort = &this.forwarder.abort;
+                let site = Site {
+                    routing: &this.routing,
+                    routes: &this.routes,
+                    metrics: &this.forwarder.metrics,
+                    limits: &this.limits,
+                    draining: &draining,
+                };
+                let served = tokio::select! {
+                    served = h1::serve(&site, stream, peer) => served,
+                    _ = abort.cancelled() => Served::Closed,
+                };
+                if let Served::Elsewhere(stream, read) = served {
+                    let io = TokioIo::new(Prefixed::new(read, stream));
+                    Arc::clone(&this)
+                        .serve_hyper(io, peer, &builder, &draining)
+                        .await;
                 }
                 drop(permit);
             });
         })
         .await
+    }
+
+    /// Serves a client connection with hyper: HTTP/2, and the HTTP/1.1 requests cairn's own
+    /// path leaves to it.
+    async fn serve_hyper(
+        self: Arc<Self>,
+        io: TokioIo<Prefixed>,
+        peer: SocketAddr,
+        builder: &auto::Builder<TokioExecutor>,
+        draining: &CancellationToken,
+    ) {
+        let abort = &self.forwarder.abort;
+        let idle = self.limits.idle_timeout;
+        let activity = Activity::new();
+        let busy = Arc::clone(&activity);
+        let this = Arc::clone(&self);
+        let service = hyper::service::service_fn(move |req| {
+            let this = Arc::clone(&this);
+            let busy = busy.begin();
+            async move {
+                let resp = this.handle(req, peer).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        // A graceful shutdown lets the requests in flight finish, then closes: HTTP/2
+        // clients get a GOAWAY, kept-alive HTTP/1.1 clients a close after the response.
+        let mut closing = false;
+        // An idle connection has nothing in flight: if the client does not take part in
+        // the close (an HTTP/2 client that no longer reads), it is dropped.
+        let mut give_up: Option<tokio::time::Instant> = None;
+        loop {
+            // Watched beside the connection, polled only when one of them fires.
+            let mut side = Side::new(next_event(
+                draining, &activity, idle, abort, closing, give_up,
+            ));
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(r));
+                }
+                side.poll_side(cx)
+            })
+            .await;
+            match event {
+                Event::Ended(r) => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                Event::Drain => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Event::Idle => {
+                    debug!(%peer, "client connection idle, closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    give_up = Some(tokio::time::Instant::now() + IDLE_CLOSE_WAIT);
+                }
+                Event::GiveUp => {
+                    debug!(%peer, "idle client did not close, dropping its connection");
+                    break;
+                }
+                Event::Abort => break,
+            }
+        }
     }
 
     /// Routes one request and forwards it.
@@ -180,34 +196,10 @@ impl HttpListener {
         }
         // The routes of the current config: a reload swaps them, and the next request of a
         // kept-alive connection follows the new settings.
-        let route = {
-            let routes = self.routes.load();
-            match &self.routing {
-                Routing::Service(name) => {
-                    match routes.configured(name).or_else(|| routes.find(name)) {
-                        Some(route) => route,
-                        None => {
-                            return self.forwarder.answer(&ProxyError::NoInstances {
-                                service: name.clone(),
-                            })
-                        }
-                    }
-                }
-                Routing::Gateway { suffix } => {
-                    let Some(host) = request_host(req.headers(), req.uri()) else {
-                        return self.forwarder.answer(&ProxyError::NoHost);
-                    };
-                    match routes.for_host(host, suffix.as_deref()) {
-                        (_, Some(route)) => route,
-                        (name, None) => {
-                            return self.forwarder.answer(&ProxyError::UnknownService {
-                                name: name.to_string(),
-                                host: host.to_string(),
-                            })
-                        }
-                    }
-                }
-            }
+        let host = request_host(req.headers(), req.uri());
+        let route = match self.routing.route(&self.routes.load(), host) {
+            Ok(route) => route,
+            Err(e) => return self.forwarder.answer(&e),
         };
         self.forwarder.forward(&route, req, peer).await
     }

@@ -4,34 +4,26 @@
 //! background task per connection and no channel hop per request: one task wake-up where a
 //! separate connection task costs three.
 //!
-//! An idle connection is nobody's to poll, so it is checked before each reuse (a connection the
-//! instance closed is dropped, not written to) and swept every second, which drops the ones that
-//! closed or sat idle for [`IDLE_TIMEOUT`].
+//! An idle connection is nobody's to poll, so it waits on a [`Shelf`], swept every second. The
+//! pool also keeps the bare sockets of cairn's own HTTP/1.1 path ([`super::h1`]).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::Instant;
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::shelf::Shelf;
 use super::upstream::{handshake, Conn, Parts, TrySendError};
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
-
-/// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
-/// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// At most this many idle connections are kept per instance; more are closed when they finish.
-const MAX_IDLE_PER_INSTANCE: usize = 256;
 
 /// How often idle connections are checked for a close by the instance, and for age.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -62,15 +54,12 @@ pub(crate) struct Pool {
     connect_timeout: Duration,
     /// cairn's own listeners, never dialed.
     own: Arc<OwnAddrs>,
-    /// Idle connections by instance, the most recently used last.
-    idle: Mutex<HashMap<Addr, Vec<Idle>>>,
+    /// Idle hyper connections.
+    conns: Shelf<Box<Conn>>,
+    /// Idle bare sockets of cairn's own HTTP/1.1 path.
+    sockets: Shelf<TcpStream>,
     /// Whether the sweeper task runs.
     sweeping: AtomicBool,
-}
-
-struct Idle {
-    conn: Box<Conn>,
-    since: Instant,
 }
 
 impl Pool {
@@ -78,7 +67,8 @@ impl Pool {
         Arc::new(Pool {
             connect_timeout,
             own,
-            idle: Mutex::default(),
+            conns: Shelf::new(),
+            sockets: Shelf::new(),
             sweeping: AtomicBool::new(false),
         })
     }
@@ -96,7 +86,7 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         loop {
-            let (mut conn, reused) = match self.checkout(addr) {
+            let (mut conn, reused) = match self.conns.take(addr) {
                 Some(conn) => (conn, true),
                 // Boxed: dialing is rare next to reuse, and its future would make every
                 // request's future larger (each request's future is moved a few times).
@@ -161,36 +151,36 @@ impl Pool {
         handshake(stream).await
     }
 
-    /// An idle connection to `addr` still open and ready, the most recently used first.
-    fn checkout(&self, addr: &Addr) -> Option<Box<Conn>> {
-        loop {
-            let idle = self.lock().get_mut(addr)?.pop()?;
-            // Checked outside the lock: a closed one is dropped (closing its socket) here too.
-            if idle.since.elapsed() < IDLE_TIMEOUT {
-                let mut conn = idle.conn;
-                if conn.settle() {
-                    return Some(conn);
-                }
-            }
+    /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
+    fn checkin(self: &Arc<Self>, addr: Addr, conn: Box<Conn>) {
+        if self.conns.put(addr, conn) {
+            self.sweeping();
         }
     }
 
-    /// Keeps `conn`, whose response has been read whole, for the next request to `addr`.
-    fn checkin(self: &Arc<Self>, addr: Addr, mut conn: Box<Conn>) {
-        if !conn.settle() {
-            return;
+    /// A bare socket to `addr`: an idle one, or a new one. The flag tells whether it was idle.
+    ///
+    /// # Errors
+    /// Why no new connection could be made.
+    pub(crate) async fn socket(&self, addr: &Addr) -> Result<(TcpStream, bool), String> {
+        match self.sockets.take(addr) {
+            Some(stream) => Ok((stream, true)),
+            None => dial(addr, self.connect_timeout, &self.own)
+                .await
+                .map(|s| (s, false))
+                .map_err(|e| e.to_string()),
         }
-        {
-            let mut idle = self.lock();
-            let list = idle.entry(addr).or_default();
-            if list.len() >= MAX_IDLE_PER_INSTANCE {
-                return;
-            }
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+    }
+
+    /// Keeps `stream`, whose exchange is complete, for the next request to `addr`.
+    pub(crate) fn keep_socket(self: &Arc<Self>, addr: Addr, stream: TcpStream) {
+        if self.sockets.put(addr, stream) {
+            self.sweeping();
         }
+    }
+
+    /// Starts the sweeper if it does not run yet.
+    fn sweeping(self: &Arc<Self>) {
         // A body may be dropped outside the runtime (as it shuts down): no sweeper then.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             if !self.sweeping.swap(true, Ordering::AcqRel) {
@@ -199,36 +189,16 @@ impl Pool {
         }
     }
 
-    /// Drops the idle connections that closed or aged out, and empty lists.
+    /// Drops the idle connections that closed or aged out.
     fn sweep(&self) {
-        let mut gone = Vec::new();
-        let now = Instant::now();
-        self.lock().retain(|_, list| {
-            let mut i = 0;
-            while i < list.len() {
-                let idle = &mut list[i];
-                if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
-                    gone.push(list.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            !list.is_empty()
-        });
-        // Closing the sockets happens after the lock is released.
-        drop(gone);
+        self.conns.sweep();
+        self.sockets.sweep();
     }
 
     /// The idle connections per instance: for tests and the pool's own checks.
     #[cfg(test)]
     fn idle_count(&self, addr: &Addr) -> usize {
-        self.lock().get(addr).map_or(0, Vec::len)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Vec<Idle>>> {
-        self.idle
-            .lock()
-            .expect("the pool lock is never held across a panic")
+        self.conns.count(addr)
     }
 }
 

@@ -2,14 +2,20 @@
 //! names.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::headers::{request_key, HeaderValues};
 use super::pool::Pool;
+use crate::addr::Addr;
 use crate::net::OwnAddrs;
 use crate::proxy::config::RouteConfig;
+use crate::proxy::error::ProxyError;
+use crate::proxy::failover::{Attempts, Target};
+use crate::proxy::metrics::ListenerMetrics;
 use crate::registry::ServiceName;
 use crate::snapshot::{ServiceCell, Store};
 use crate::throttle::Throttle;
@@ -29,6 +35,28 @@ pub(crate) struct Route {
     pub(crate) pool: Upstream,
     /// Throttles connect-failure warnings.
     pub(crate) throttle: Throttle,
+}
+
+impl Route {
+    /// The instances a request from `peer` with `headers` tries, the first one picked.
+    ///
+    /// # Errors
+    /// [`ProxyError::NoInstances`] when the service has none usable.
+    pub(crate) fn attempts<'a>(
+        &'a self,
+        metrics: &'a ListenerMetrics,
+        headers: &(impl HeaderValues + ?Sized),
+        peer: SocketAddr,
+    ) -> Result<(Attempts<'a>, Addr), ProxyError> {
+        let target = Target {
+            cell: &self.cell,
+            service: &self.service,
+            retries: self.config.retries,
+            throttle: &self.throttle,
+        };
+        let key = (self.config.hash_key.as_ref()).and_then(|k| request_key(k, headers, peer));
+        Attempts::start(&target, metrics, key)
+    }
 }
 
 /// Every route an HTTP listener may use, shared by all HTTP listeners and gateways.
@@ -167,6 +195,37 @@ pub(crate) enum Routing {
         /// Lowercase suffix such as `.svc.local`.
         suffix: Option<String>,
     },
+}
+
+impl Routing {
+    /// The route of a request whose Host is `host`, in `routes`.
+    ///
+    /// # Errors
+    /// The answer for a service that is not there, or a gateway request without a Host.
+    pub(crate) fn route(
+        &self,
+        routes: &Routes,
+        host: Option<&str>,
+    ) -> Result<Arc<Route>, ProxyError> {
+        match self {
+            Routing::Service(name) => routes
+                .configured(name)
+                .or_else(|| routes.find(name))
+                .ok_or_else(|| ProxyError::NoInstances {
+                    service: name.clone(),
+                }),
+            Routing::Gateway { suffix } => {
+                let host = host.ok_or(ProxyError::NoHost)?;
+                match routes.for_host(host, suffix.as_deref()) {
+                    (_, Some(route)) => Ok(route),
+                    (name, None) => Err(ProxyError::UnknownService {
+                        name: name.to_string(),
+                        host: host.to_string(),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 /// The service a gateway routes `host` to: the host without its port, trailing dot and suffix.

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::shelf::Reusable;
 
 type Io = TokioIo<TcpStream>;
 
@@ -71,10 +72,12 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Whether the connection is open and ready for a request, after letting it notice what
-    /// happened since it was last polled (a close by the instance, the end of a response).
-    pub(super) fn settle(&mut self) -> bool {
+impl Reusable for Box<Conn> {
+    /// Open and ready for a request, after letting the connection notice what happened since it
+    /// was last polled (a close by the instance, the end of a response).
+    fn settle(&mut self) -> bool {
         self.drive(&mut Context::from_waker(Waker::noop()));
         !self.closed && self.sender.is_ready()
     }

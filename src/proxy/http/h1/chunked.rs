@@ -1,0 +1,192 @@
+//! Where a chunked body ends. The body is passed on as it came, chunk sizes, extensions and
+//! trailers included; only its end is looked for, so the connection can carry the next message.
+
+use std::fmt;
+
+/// How far into a chunked body the bytes seen so far reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Reading a chunk's size; `digits` tells whether one has been seen.
+    Size { size: u64, digits: bool },
+    /// Past the size: an extension, up to the end of the line.
+    Extension { size: u64 },
+    /// Inside a chunk's data, with this many bytes to go.
+    Data(u64),
+    /// After a chunk's data: its line ending.
+    DataEnd { cr: bool },
+    /// After the last chunk: at the start of a trailer line, or of the final empty line.
+    LineStart,
+    /// Inside a trailer field, up to the end of its line.
+    Trailer,
+    /// Seen the final empty line's CR.
+    FinalLf,
+    /// The body is over.
+    Done,
+}
+
+/// A chunked body that breaks the framing rules.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadChunk(&'static str);
+
+impl fmt::Display for BadChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed chunked body: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadChunk {}
+
+impl Chunked {
+    pub(crate) fn new() -> Chunked {
+        Chunked::Size {
+            size: 0,
+            digits: false,
+        }
+    }
+
+    /// Reads `bytes`, the body's next bytes. Returns how many of them belong to the body: all
+    /// of them while it goes on, fewer when it ends inside them.
+    ///
+    /// # Errors
+    /// [`BadChunk`] when the bytes are not a chunked body.
+    pub(crate) fn advance(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            *self = match *self {
+                Chunked::Done => return Ok(i),
+                Chunked::Data(left) => {
+                    // Data is skipped whole, not byte by byte.
+                    let take = left.min((bytes.len() - i) as u64);
+                    i += take as usize;
+                    *self = if take == left {
+                        Chunked::DataEnd { cr: false }
+                    } else {
+                        Chunked::Data(left - take)
+                    };
+                    continue;
+                }
+                Chunked::Size { size, digits } => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        let size = size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(digit))
+                            .filter(|s| *s < 1 << 62)
+                            .ok_or(BadChunk("chunk size too large"))?;
+                        Chunked::Size { size, digits: true }
+                    }
+                    _ if !digits => return Err(BadChunk("chunk size is not hexadecimal")),
+                    b'\n' => Chunked::after_size(size),
+                    _ => Chunked::Extension { size },
+                },
+                Chunked::Extension { size } => match b {
+                    b'\n' => Chunked::after_size(size),
+                    _ => Chunked::Extension { size },
+                },
+                Chunked::DataEnd { cr } => match b {
+                    b'\r' if !cr => Chunked::DataEnd { cr: true },
+                    b'\n' => Chunked::new(),
+                    _ => return Err(BadChunk("chunk data longer than its size")),
+                },
+                Chunked::LineStart => match b {
+                    b'\r' => Chunked::FinalLf,
+                    b'\n' => Chunked::Done,
+                    _ => Chunked::Trailer,
+                },
+                Chunked::Trailer => match b {
+                    b'\n' => Chunked::LineStart,
+                    _ => Chunked::Trailer,
+                },
+                Chunked::FinalLf => match b {
+                    b'\n' => Chunked::Done,
+                    _ => return Err(BadChunk("stray byte after the last chunk")),
+                },
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Whether the body has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        *self == Chunked::Done
+    }
+
+    fn after_size(size: u64) -> Chunked {
+        if size == 0 {
+            Chunked::LineStart
+        } else {
+            Chunked::Data(size)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn end_of(body: &[u8]) -> Result<Option<usize>, BadChunk> {
+        let mut c = Chunked::new();
+        let n = c.advance(body)?;
+        Ok(c.is_done().then_some(n))
+    }
+
+    #[test]
+    fn the_end_is_found_after_the_last_chunk_and_trailers() {
+        let body = b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(end_of(body), Ok(Some(15)));
+        let ext = b"3;name=v\r\nabc\r\n0;x\r\nExpires: never\r\nX: y\r\n\r\nnext";
+        assert_eq!(end_of(ext), Ok(Some(ext.len() - 4)));
+        // Bare line feeds, as lenient peers send them.
+        assert_eq!(end_of(b"2\nab\n0\n\n"), Ok(Some(8)));
+        // Not over yet.
+        assert_eq!(end_of(b"a\r\n0123"), Ok(None));
+        assert_eq!(end_of(b"0\r\n\r"), Ok(None));
+    }
+
+    #[test]
+    fn broken_framing_is_an_error() {
+        assert!(end_of(b"zz\r\n").is_err());
+        assert!(end_of(b"\r\n").is_err());
+        assert!(end_of(b"2\r\nabc\r\n").is_err());
+        assert!(end_of(b"0\r\n\rX").is_err());
+        assert!(end_of(b"ffffffffffffffffff\r\n").is_err());
+    }
+
+    proptest! {
+        /// However a body is split across reads, its end is found at the same byte.
+        #[test]
+        fn splitting_the_bytes_never_moves_the_end(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+        ) {
+            let mut body = Vec::new();
+            for c in &chunks {
+                body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                body.extend_from_slice(c);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            let len = body.len();
+            body.extend_from_slice(b"GET /next");
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % body.len()).collect();
+            points.sort_unstable();
+            let mut c = Chunked::new();
+            let (mut at, mut end) = (0, None);
+            for p in points.into_iter().chain([body.len()]) {
+                if p < at || end.is_some() {
+                    continue;
+                }
+                let n = c.advance(&body[at..p]).unwrap();
+                if c.is_done() {
+                    end = Some(at + n);
+                }
+                at = p;
+            }
+            prop_assert_eq!(end, Some(len));
+        }
+    }
+}

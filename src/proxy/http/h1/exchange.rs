@@ -1,0 +1,329 @@
+//! One request on cairn's own HTTP/1.1 path: the instances it tries, the bare socket it is
+//! written to, and the response passed back to the client as it comes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::chunked::{BadChunk, Chunked};
+use super::head::{
+    end_request, parse_response, write_answer, write_request, Answer, Framing, RequestHead,
+    ResponseHead,
+};
+use crate::addr::Addr;
+use crate::proxy::config::Limits;
+use crate::proxy::error::ProxyError;
+use crate::proxy::http::pool::Pool;
+use crate::proxy::http::routes::{Route, Routes, Routing};
+use crate::proxy::metrics::{Active, ListenerMetrics};
+
+/// How much more a read asks for.
+pub(super) const READ_SIZE: usize = 8 * 1024;
+
+/// What one listener tells the HTTP/1.1 path.
+pub(crate) struct Site<'a> {
+    /// Where requests go.
+    pub(crate) routing: &'a Routing,
+    /// The routes of the current config.
+    pub(crate) routes: &'a ArcSwap<Routes>,
+    /// The listener's counters.
+    pub(crate) metrics: &'a ListenerMetrics,
+    /// Header size and idle limits.
+    pub(crate) limits: &'a Limits,
+    /// Fires when cairn starts draining.
+    pub(crate) draining: &'a CancellationToken,
+}
+
+/// Response bodies up to this size go out in one write with their head.
+const WITH_HEAD: usize = 16 * 1024;
+
+/// A client connection on this path, with the buffers its requests reuse.
+pub(super) struct Exchange {
+    client: TcpStream,
+    peer: SocketAddr,
+    /// The head being written: the request's to the instance, then the response's to the client.
+    out: Vec<u8>,
+}
+
+/// Why a request got no response.
+enum SendFail {
+    /// Nothing reached the instance: another one may take the request.
+    Unsent(String),
+    /// The request may have reached the instance; it is never sent again.
+    Failed(String),
+}
+
+impl Exchange {
+    pub(super) fn new(client: TcpStream, peer: SocketAddr) -> Exchange {
+        Exchange {
+            client,
+            peer,
+            out: Vec::with_capacity(1024),
+        }
+    }
+
+    pub(super) fn client(&mut self) -> &mut TcpStream {
+        &mut self.client
+    }
+
+    pub(super) fn into_client(self) -> TcpStream {
+        self.client
+    }
+
+    /// Forwards `req`, whose bytes (head and body) start `buf`, and answers the client. Returns
+    /// how many bytes of `buf` the request took when the connection goes on, `None` when it
+    /// ends.
+    pub(super) async fn handle(
+        &mut self,
+        site: &Site<'_>,
+        req: &RequestHead<'_>,
+        buf: &[u8],
+    ) -> Option<usize> {
+        let metrics = site.metrics;
+        metrics.requests.inc();
+        let _active = Active::new(&metrics.active);
+        let used = req.len + req.body;
+        let host = std::str::from_utf8(&buf[req.host.clone()]).unwrap_or_default();
+        let route = site.routing.route(&site.routes.load(), Some(host));
+        let sent = match route {
+            Ok(route) => self.forward(site, &route, req, buf).await,
+            Err(e) => Err(e),
+        };
+        let open = match sent {
+            Ok(open) => open,
+            Err(e) => self.answer(site, &e, req.close).await,
+        };
+        open.then_some(used)
+    }
+
+    /// Sends the request to an instance of `route`, failing over while nothing has been sent,
+    /// and passes the response on. Returns whether the client connection stays open.
+    ///
+    /// # Errors
+    /// Why there is no response, before anything has been written to the client.
+    async fn forward(
+        &mut self,
+        site: &Site<'_>,
+        route: &Route,
+        req: &RequestHead<'_>,
+        buf: &[u8],
+    ) -> Result<bool, ProxyError> {
+        let (mut attempts, mut addr) = route.attempts(site.metrics, req.headers, self.peer)?;
+        write_request(req, buf, self.peer, &mut self.out);
+        let base = self.out.len();
+        let body = &buf[req.len..req.len + req.body];
+        let head_request = req.method == "HEAD";
+        loop {
+            self.out.truncate(base);
+            if route.config.rewrite_host {
+                end_request(&mut self.out, &addr);
+            } else {
+                end_request(
+                    &mut self.out,
+                    String::from_utf8_lossy(&buf[req.host.clone()]),
+                );
+            }
+            self.out.extend_from_slice(body);
+            let inflight = attempts.begin();
+            let close = req.close || site.draining.is_cancelled();
+            let attempt = self.send(&route.pool, &addr, head_request, close);
+            let sent = tokio::time::timeout(route.config.request_timeout, attempt)
+                .await
+                .map_err(|_| ProxyError::Timeout {
+                    service: route.service.clone(),
+                    addr: addr.clone(),
+                    after: route.config.request_timeout,
+                })?;
+            match sent {
+                Ok((up, read, head)) => {
+                    attempts.answered(&addr, head.status);
+                    // The request stays in flight on its instance until the body has been sent.
+                    let open = (self.relay(up, read, head, close, &route.pool, addr)).await;
+                    drop(inflight);
+                    return Ok(open);
+                }
+                Err(SendFail::Unsent(cause)) => addr = attempts.failed(&addr, &cause)?,
+                Err(SendFail::Failed(cause)) => {
+                    debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
+                    return Err(ProxyError::Upstream {
+                        service: route.service.clone(),
+                        addr,
+                        cause,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes the request in `out` to `addr` and reads the response head, whose rewritten
+    /// form is then in `out`; the bytes read after it come back too. A kept-alive socket that fails the first write is replaced by
+    /// another: nothing of the request reached the instance.
+    async fn send(
+        &mut self,
+        pool: &Arc<Pool>,
+        addr: &Addr,
+        head_request: bool,
+        close: bool,
+    ) -> Result<(TcpStream, BytesMut, ResponseHead), SendFail> {
+        let mut up = loop {
+            let (mut up, reused) = pool.socket(addr).await.map_err(SendFail::Unsent)?;
+            let written = match up.write(&self.out).await {
+                Ok(n) if n > 0 => n,
+                Ok(_) => return Err(SendFail::Unsent("the connection took no bytes".into())),
+                Err(e) if reused => {
+                    debug!(%addr, error = %e, "kept-alive connection closed before use, taking another");
+                    continue;
+                }
+                Err(e) => return Err(SendFail::Unsent(e.to_string())),
+            };
+            (up.write_all(&self.out[written..]).await)
+                .map_err(|e| SendFail::Failed(e.to_string()))?;
+            break up;
+        };
+        // Allocated per exchange: an idle client connection holds no upstream buffer.
+        let mut read = BytesMut::with_capacity(READ_SIZE);
+        loop {
+            if !read.is_empty() {
+                match parse_response(&read, head_request, close, &mut self.out) {
+                    Ok(Answer::Head(head)) => return Ok((up, read, head)),
+                    Ok(Answer::Interim(n)) => {
+                        read.advance(n);
+                        continue;
+                    }
+                    Ok(Answer::More) => {}
+                    Err(e) => return Err(SendFail::Failed(e)),
+                }
+            }
+            read.reserve(READ_SIZE);
+            match up.read_buf(&mut read).await {
+                Ok(0) => {
+                    return Err(SendFail::Failed(
+                        "connection closed before a response".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(SendFail::Failed(e.to_string())),
+            }
+        }
+    }
+
+    /// Passes the response whose head is in `out` and whose first bytes are in `read` to the
+    /// client, then keeps the instance's socket if it can serve another request. Returns
+    /// whether the client connection stays open.
+    async fn relay(
+        &mut self,
+        mut up: TcpStream,
+        mut read: BytesMut,
+        head: ResponseHead,
+        close: bool,
+        pool: &Arc<Pool>,
+        addr: Addr,
+    ) -> bool {
+        read.advance(head.len);
+        let mut left = Remaining::new(head.framing);
+        let Ok(mut n) = left.take(&read) else {
+            return false;
+        };
+        if n <= WITH_HEAD {
+            self.out.extend_from_slice(&read[..n]);
+            read.advance(n);
+            n = 0;
+        }
+        if self.client.write_all(&self.out).await.is_err() {
+            return false;
+        }
+        loop {
+            if n > 0 {
+                if self.client.write_all(&read[..n]).await.is_err() {
+                    return false;
+                }
+                read.advance(n);
+            }
+            if left.is_done() {
+                break;
+            }
+            if !read.is_empty() {
+                // Bytes past the body's end that are not the end of a chunk: broken framing.
+                return false;
+            }
+            read.reserve(READ_SIZE);
+            match up.read_buf(&mut read).await {
+                Ok(0) if left == Remaining::UntilClose => break,
+                Ok(0) | Err(_) => {
+                    debug!(%addr, "instance closed before the end of the response body");
+                    return false;
+                }
+                Ok(_) => {}
+            }
+            n = match left.take(&read) {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(%addr, error = %e, "broken response body");
+                    return false;
+                }
+            };
+        }
+        if head.keep_alive && head.framing != Framing::UntilClose && read.is_empty() {
+            pool.keep_socket(addr, up);
+        }
+        !close && head.framing != Framing::UntilClose
+    }
+
+    /// Answers the client with cairn's own one-line text. Returns whether the connection stays
+    /// open.
+    async fn answer(&mut self, site: &Site<'_>, e: &ProxyError, close: bool) -> bool {
+        e.count(site.metrics);
+        let close = close || site.draining.is_cancelled();
+        write_answer(&mut self.out, e.status(), &e.line(), close);
+        self.client.write_all(&self.out).await.is_ok() && !close
+    }
+}
+
+/// What is left of a response body.
+#[derive(Debug, PartialEq, Eq)]
+enum Remaining {
+    /// This many bytes.
+    Length(u64),
+    /// Chunks, up to the last.
+    Chunked(Chunked),
+    /// Everything up to the instance's close.
+    UntilClose,
+}
+
+impl Remaining {
+    fn new(framing: Framing) -> Remaining {
+        match framing {
+            Framing::Empty => Remaining::Length(0),
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(Chunked::new()),
+            Framing::UntilClose => Remaining::UntilClose,
+        }
+    }
+
+    /// How many of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
+        match self {
+            Remaining::Length(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                Ok(n as usize)
+            }
+            Remaining::Chunked(c) => c.advance(bytes),
+            Remaining::UntilClose => Ok(bytes.len()),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Remaining::Length(left) => *left == 0,
+            Remaining::Chunked(c) => c.is_done(),
+            Remaining::UntilClose => false,
+        }
+    }
+}

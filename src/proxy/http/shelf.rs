@@ -1,0 +1,118 @@
+//! Idle upstream connections by instance, kept for reuse: checked before each reuse (one the
+//! instance closed is dropped, never written to), capped per instance, and swept of the ones
+//! that closed or aged out.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::addr::Addr;
+
+/// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
+/// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this many idle connections are kept per instance; more are closed when they finish.
+const MAX_IDLE_PER_INSTANCE: usize = 256;
+
+/// A connection that can sit on a shelf.
+pub(super) trait Reusable {
+    /// Whether the connection is still open and ready for a request, after noticing what
+    /// happened since it was last used (a close by the instance).
+    fn settle(&mut self) -> bool;
+}
+
+/// A bare socket is reusable while the instance has neither closed it nor sent anything
+/// unasked: reading finds nothing to read.
+impl Reusable for TcpStream {
+    fn settle(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle connections of one kind, by instance.
+pub(super) struct Shelf<C> {
+    /// The most recently used last.
+    idle: Mutex<HashMap<Addr, Vec<Idle<C>>>>,
+}
+
+struct Idle<C> {
+    conn: C,
+    since: Instant,
+}
+
+impl<C: Reusable> Shelf<C> {
+    pub(super) fn new() -> Shelf<C> {
+        Shelf {
+            idle: Mutex::default(),
+        }
+    }
+
+    /// An idle connection to `addr` still open and ready, the most recently used first.
+    pub(super) fn take(&self, addr: &Addr) -> Option<C> {
+        loop {
+            let idle = self.lock().get_mut(addr)?.pop()?;
+            // Checked outside the lock: a closed one is dropped (closing its socket) here too.
+            if idle.since.elapsed() < IDLE_TIMEOUT {
+                let mut conn = idle.conn;
+                if conn.settle() {
+                    return Some(conn);
+                }
+            }
+        }
+    }
+
+    /// Keeps `conn`, which has finished its exchange, for the next request to `addr`. Returns
+    /// whether it was kept.
+    pub(super) fn put(&self, addr: Addr, mut conn: C) -> bool {
+        if !conn.settle() {
+            return false;
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_INSTANCE {
+            return false;
+        }
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        true
+    }
+
+    /// Drops the idle connections that closed or aged out, and empty lists.
+    pub(super) fn sweep(&self) {
+        let mut gone = Vec::new();
+        let now = Instant::now();
+        self.lock().retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                let idle = &mut list[i];
+                if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
+                    gone.push(list.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
+        // Closing the sockets happens after the lock is released.
+        drop(gone);
+    }
+
+    /// The idle connections to `addr`.
+    #[cfg(test)]
+    pub(super) fn count(&self, addr: &Addr) -> usize {
+        self.lock().get(addr).map_or(0, Vec::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Vec<Idle<C>>>> {
+        self.idle
+            .lock()
+            .expect("the shelf lock is never held across a panic")
+    }
+}

@@ -1,0 +1,97 @@
+//! cairn's own HTTP/1.1 path against a raw-socket upstream and a raw client: every framing an
+//! instance may answer with reaches the client whole and framed once, interim answers stay
+//! behind, pipelined requests are answered in order, and upstream connections are reused.
+
+use std::time::Duration;
+
+use crate::hostile::http_setup;
+use crate::support::raw::{exchange, Reply};
+
+const QUIET: Duration = Duration::from_millis(400);
+
+/// What a raw client gets for one GET through cairn to an upstream answering `reply`.
+async fn one_get(reply: &'static [u8]) -> String {
+    let (_etcd, _up, cairn) = http_setup(Reply::Raw(reply), "").await;
+    exchange(
+        cairn.listen(0),
+        b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n",
+        QUIET,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_chunked_answer_with_trailers_passes_as_it_came() {
+    let got = one_get(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("Transfer-Encoding: chunked\r\n"), "{got}");
+    assert!(
+        got.ends_with("\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n"),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn interim_answers_stay_behind_and_the_final_one_arrives() {
+    let got = one_get(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
+    assert!(got.ends_with("\r\n\r\nhi"), "{got}");
+}
+
+#[tokio::test]
+async fn a_body_that_runs_to_the_close_closes_the_client_too() {
+    let got = one_get(b"HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the close").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nuntil the close"), "{got}");
+}
+
+#[tokio::test]
+async fn a_cut_body_closes_the_client_and_garbage_gets_502() {
+    // The client gets what came, then a close: never a hang, never a padded body.
+    let got = one_get(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+    assert!(got.ends_with("\r\n\r\nabc"), "{got}");
+    let got = one_get(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(got.contains("invalid response head"), "{got}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
+    let (_etcd, up, cairn) = http_setup(Reply::Ok, "").await;
+    let got = exchange(
+        cairn.listen(0),
+        b"GET /1 HTTP/1.1\r\nHost: web\r\n\r\nPOST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbodyGET /3 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        QUIET,
+    )
+    .await;
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 3, "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    let seen = up.received();
+    let lines: Vec<&str> = seen.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["GET /1 HTTP/1.1", "POST /2 HTTP/1.1", "GET /3 HTTP/1.1"]
+    );
+    assert_eq!(seen[1].body, b"body");
+    // Another client later reuses the same upstream connection.
+    let again = exchange(
+        cairn.listen(0),
+        b"GET /4 HTTP/1.1\r\nHost: web\r\n\r\n",
+        QUIET,
+    )
+    .await;
+    assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
+    assert_eq!(
+        up.connections(),
+        1,
+        "the upstream connection was not reused"
+    );
+}
