@@ -10,23 +10,32 @@
 //!
 //! - [`head`]: which requests this path takes, and the heads it writes.
 //! - [`chunked`]: where a chunked body ends.
+//! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
 
 pub(crate) mod chunked;
+pub(crate) mod deadline;
 pub(crate) mod exchange;
 pub(crate) mod head;
 
 use std::net::SocketAddr;
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use self::deadline::Deadline;
 pub(crate) use self::exchange::Site;
 use self::exchange::{Exchange, READ_SIZE};
 use self::head::{parse_request, request_headers, Read};
+use super::side::Side;
 
 /// How a client connection left this path.
 pub(crate) enum Served {
@@ -37,18 +46,69 @@ pub(crate) enum Served {
 }
 
 /// Serves the requests of `client` until it closes, idles out, cairn drains, or it sends what
-/// hyper has to serve.
-pub(crate) async fn serve(site: &Site<'_>, client: TcpStream, peer: SocketAddr) -> Served {
-    let mut x = Exchange::new(client, peer);
+/// hyper has to serve. At `abort` it is dropped whatever it is doing.
+pub(crate) async fn serve(
+    site: &Site<'_>,
+    client: TcpStream,
+    peer: SocketAddr,
+    draining: &CancellationToken,
+    abort: &CancellationToken,
+) -> Served {
+    let drained = AtomicBool::new(false);
+    let mut requests = pin!(requests(site, client, peer, &drained));
+    // The drain and the abort are watched beside the connection, polled only when one fires.
+    let mut stop = Side::new(next_stop(draining, abort, false));
+    poll_fn(|cx| {
+        loop {
+            match stop.poll_side(cx) {
+                Poll::Ready(Stop::Abort) => return Poll::Ready(Served::Closed),
+                Poll::Ready(Stop::Drain) => {
+                    drained.store(true, Ordering::Relaxed);
+                    stop = Side::new(next_stop(draining, abort, true));
+                }
+                Poll::Pending => break,
+            }
+        }
+        requests.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// What stops a connection from outside.
+enum Stop {
+    /// cairn is draining: finish the request in flight, then close.
+    Drain,
+    /// The grace period is over.
+    Abort,
+}
+
+async fn next_stop(draining: &CancellationToken, abort: &CancellationToken, drained: bool) -> Stop {
+    tokio::select! {
+        _ = draining.cancelled(), if !drained => Stop::Drain,
+        _ = abort.cancelled() => Stop::Abort,
+    }
+}
+
+async fn requests(
+    site: &Site<'_>,
+    client: TcpStream,
+    peer: SocketAddr,
+    drained: &AtomicBool,
+) -> Served {
+    let mut x = Exchange::new(client, peer, drained);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let idle = site.limits.idle_timeout;
+    let mut deadline = Deadline::after(idle);
+    // The request timeout's timer, kept apart so that both deadlines only ever move later.
+    let mut timer = Deadline::after(idle);
     loop {
         // The whole head, and body, within the idle timeout: a kept-alive client that sends
         // nothing is closed, and so is one that sends a head slowly.
-        let deadline = Instant::now() + site.limits.idle_timeout;
+        deadline.reset(idle);
         let used = loop {
             let mut headers = request_headers();
             match parse_request(&buf, &mut headers, site.limits.max_header_bytes) {
-                Read::Request(req) => break x.handle(site, &req, &buf).await,
+                Read::Request(req) => break x.handle(site, &req, &buf, &mut timer).await,
                 Read::Elsewhere => return Served::Elsewhere(x.into_client(), buf),
                 Read::More => {}
             }
@@ -57,17 +117,17 @@ pub(crate) async fn serve(site: &Site<'_>, client: TcpStream, peer: SocketAddr) 
             }
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, x.client().read_buf(&mut buf)) => r,
                 // Between requests a drain closes at once; a head under way is served first.
-                _ = site.draining.cancelled(), if buf.is_empty() => return Served::Closed,
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Served::Closed,
-                Err(_) => {
+                _ = until(drained), if buf.is_empty() => return Served::Closed,
+                r = x.client().read_buf(&mut buf) => r,
+                _ = deadline.passed() => {
                     debug!(%peer, "no whole request within the idle timeout, closing");
                     return Served::Closed;
                 }
+            };
+            match read {
+                Ok(n) if n > 0 => {}
+                _ => return Served::Closed,
             }
         };
         match used {
@@ -75,4 +135,16 @@ pub(crate) async fn serve(site: &Site<'_>, client: TcpStream, peer: SocketAddr) 
             None => return Served::Closed,
         }
     }
+}
+
+/// Resolves once `flag` is set; the task is woken by whoever sets it.
+async fn until(flag: &AtomicBool) {
+    poll_fn(|_| {
+        if flag.load(Ordering::Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }

@@ -83,12 +83,24 @@ const HOP_BY_HOP: [&str; 6] = [
 
 /// The header names a message's Connection headers list as hop-by-hop.
 #[derive(Debug, Default)]
-pub(crate) struct Listed<'a>(Vec<&'a str>);
+pub(crate) struct Listed<'a> {
+    /// The Connection header values: the first few inline, so the usual message allocates
+    /// nothing.
+    first: [&'a [u8]; 2],
+    more: Vec<&'a [u8]>,
+}
 
 impl<'a> Listed<'a> {
     /// The names listed in the Connection header values `values`.
     pub(crate) fn new(values: impl Iterator<Item = &'a [u8]>) -> Listed<'a> {
-        Listed(values.flat_map(Listed::tokens).collect())
+        let mut listed = Listed::default();
+        for (i, value) in values.enumerate() {
+            match listed.first.get_mut(i) {
+                Some(slot) => *slot = value,
+                None => listed.more.push(value),
+            }
+        }
+        listed
     }
 
     /// The tokens of one Connection header value.
@@ -102,7 +114,9 @@ impl<'a> Listed<'a> {
 
     /// Whether `token` is listed.
     pub(crate) fn has(&self, token: &str) -> bool {
-        self.0.iter().any(|t| t.eq_ignore_ascii_case(token))
+        (self.first.iter().chain(&self.more))
+            .flat_map(|v| Listed::tokens(v))
+            .any(|t| t.eq_ignore_ascii_case(token))
     }
 
     /// Whether a header `name` (any case) is hop-by-hop: one of [`HOP_BY_HOP`], a `Proxy-*`
@@ -172,12 +186,11 @@ pub(crate) fn join_forwarded_for(out: &mut Vec<u8>, start: usize, value: &[u8]) 
 }
 
 /// Ends the X-Forwarded-For list that starts at `out[start..]` with the client's address.
-pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, peer: SocketAddr) {
-    use std::io::Write;
+pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, ip: &str) {
     if out.len() > start {
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}", peer.ip());
+    out.extend_from_slice(ip.as_bytes());
 }
 
 /// The headers sent upstream: the client's, minus those [`fate`] drops, plus X-Forwarded-*.
@@ -204,7 +217,7 @@ pub(crate) fn forwarded_headers(
             Fate::Drop => {}
         }
     }
-    end_forwarded_for(&mut forwarded_for, 0, peer);
+    end_forwarded_for(&mut forwarded_for, 0, &peer.ip().to_string());
     if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
         out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
@@ -273,6 +286,25 @@ mod tests {
         );
         assert_eq!(up[header::UPGRADE], "websocket");
         assert_eq!(up[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn every_connection_header_counts() {
+        let values: [&[u8]; 4] = [b"keep-alive", b"X-A, x-b", b"", b" X-C "];
+        let listed = Listed::new(values.into_iter());
+        for name in [
+            "x-a",
+            "X-B",
+            "x-c",
+            "keep-alive",
+            "Connection",
+            "proxy-x",
+            "TE",
+        ] {
+            assert!(listed.is_hop_by_hop(name), "{name}");
+        }
+        assert!(!listed.is_hop_by_hop("x-d"));
+        assert!(!Listed::default().is_hop_by_hop("x-a"));
     }
 
     #[test]

@@ -89,12 +89,8 @@ impl HttpListener {
                     routes: &this.routes,
                     metrics: &this.forwarder.metrics,
                     limits: &this.limits,
-                    draining: &draining,
                 };
-                let served = tokio::select! {
-                    served = h1::serve(&site, stream, peer) => served,
-                    _ = abort.cancelled() => Served::Closed,
-                };
+                let served = h1::serve(&site, stream, peer, &draining, abort).await;
                 if let Served::Elsewhere(stream, read) = served {
                     let io = TokioIo::new(Prefixed::new(read, stream));
                     Arc::clone(&this)

@@ -2,16 +2,17 @@
 //! written to, and the response passed back to the client as it comes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::chunked::{BadChunk, Chunked};
+use super::deadline::Deadline;
 use super::head::{
     end_request, parse_response, write_answer, write_request, Answer, Framing, RequestHead,
     ResponseHead,
@@ -36,17 +37,19 @@ pub(crate) struct Site<'a> {
     pub(crate) metrics: &'a ListenerMetrics,
     /// Header size and idle limits.
     pub(crate) limits: &'a Limits,
-    /// Fires when cairn starts draining.
-    pub(crate) draining: &'a CancellationToken,
 }
 
 /// Response bodies up to this size go out in one write with their head.
 const WITH_HEAD: usize = 16 * 1024;
 
 /// A client connection on this path, with the buffers its requests reuse.
-pub(super) struct Exchange {
+pub(super) struct Exchange<'a> {
     client: TcpStream,
     peer: SocketAddr,
+    /// The client's address as X-Forwarded-For lists it.
+    peer_ip: String,
+    /// Set once cairn drains: the connection closes after the response in flight.
+    drained: &'a AtomicBool,
     /// The head being written: the request's to the instance, then the response's to the client.
     out: Vec<u8>,
 }
@@ -59,11 +62,13 @@ enum SendFail {
     Failed(String),
 }
 
-impl Exchange {
-    pub(super) fn new(client: TcpStream, peer: SocketAddr) -> Exchange {
+impl<'a> Exchange<'a> {
+    pub(super) fn new(client: TcpStream, peer: SocketAddr, drained: &'a AtomicBool) -> Self {
         Exchange {
             client,
             peer,
+            peer_ip: peer.ip().to_string(),
+            drained,
             out: Vec::with_capacity(1024),
         }
     }
@@ -84,6 +89,7 @@ impl Exchange {
         site: &Site<'_>,
         req: &RequestHead<'_>,
         buf: &[u8],
+        timer: &mut Deadline,
     ) -> Option<usize> {
         let metrics = site.metrics;
         metrics.requests.inc();
@@ -92,7 +98,7 @@ impl Exchange {
         let host = std::str::from_utf8(&buf[req.host.clone()]).unwrap_or_default();
         let route = site.routing.route(&site.routes.load(), Some(host));
         let sent = match route {
-            Ok(route) => self.forward(site, &route, req, buf).await,
+            Ok(route) => self.forward(site, &route, req, buf, timer).await,
             Err(e) => Err(e),
         };
         let open = match sent {
@@ -113,33 +119,34 @@ impl Exchange {
         route: &Route,
         req: &RequestHead<'_>,
         buf: &[u8],
+        timer: &mut Deadline,
     ) -> Result<bool, ProxyError> {
         let (mut attempts, mut addr) = route.attempts(site.metrics, req.headers, self.peer)?;
-        write_request(req, buf, self.peer, &mut self.out);
+        write_request(req, buf, &self.peer_ip, &mut self.out);
         let base = self.out.len();
         let body = &buf[req.len..req.len + req.body];
         let head_request = req.method == "HEAD";
         loop {
             self.out.truncate(base);
             if route.config.rewrite_host {
-                end_request(&mut self.out, &addr);
+                end_request(&mut self.out, addr.to_string().as_bytes());
             } else {
-                end_request(
-                    &mut self.out,
-                    String::from_utf8_lossy(&buf[req.host.clone()]),
-                );
+                end_request(&mut self.out, &buf[req.host.clone()]);
             }
             self.out.extend_from_slice(body);
             let inflight = attempts.begin();
-            let close = req.close || site.draining.is_cancelled();
-            let attempt = self.send(&route.pool, &addr, head_request, close);
-            let sent = tokio::time::timeout(route.config.request_timeout, attempt)
-                .await
-                .map_err(|_| ProxyError::Timeout {
-                    service: route.service.clone(),
-                    addr: addr.clone(),
-                    after: route.config.request_timeout,
-                })?;
+            let close = req.close || self.drained.load(Ordering::Relaxed);
+            timer.reset(route.config.request_timeout);
+            let sent = tokio::select! {
+                sent = self.send(&route.pool, &addr, head_request, close) => sent,
+                _ = timer.passed() => {
+                    return Err(ProxyError::Timeout {
+                        service: route.service.clone(),
+                        addr: addr.clone(),
+                        after: route.config.request_timeout,
+                    })
+                }
+            };
             match sent {
                 Ok((up, read, head)) => {
                     attempts.answered(&addr, head.status);
@@ -279,7 +286,7 @@ impl Exchange {
     /// open.
     async fn answer(&mut self, site: &Site<'_>, e: &ProxyError, close: bool) -> bool {
         e.count(site.metrics);
-        let close = close || site.draining.is_cancelled();
+        let close = close || self.drained.load(Ordering::Relaxed);
         write_answer(&mut self.out, e.status(), &e.line(), close);
         self.client.write_all(&self.out).await.is_ok() && !close
     }

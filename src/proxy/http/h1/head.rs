@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::ops::Range;
 
 use http::StatusCode;
@@ -137,12 +136,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 
 /// Writes the head an instance gets for `req` into `out`, all but the Host line and the blank
 /// line that ends it, which each attempt adds.
-pub(super) fn write_request(
-    req: &RequestHead<'_>,
-    buf: &[u8],
-    peer: SocketAddr,
-    out: &mut Vec<u8>,
-) {
+pub(super) fn write_request(req: &RequestHead<'_>, buf: &[u8], peer_ip: &str, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -161,7 +155,7 @@ pub(super) fn write_request(
             join_forwarded_for(out, start, h.value);
         }
     }
-    end_forwarded_for(out, start, peer);
+    end_forwarded_for(out, start, peer_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     line(out, b"x-forwarded-host", &buf[req.host.clone()]);
 }
@@ -174,8 +168,9 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Ends a request head with its Host line.
-pub(super) fn end_request(out: &mut Vec<u8>, host: impl std::fmt::Display) {
-    let _ = write!(out, "host: {host}\r\n\r\n");
+pub(super) fn end_request(out: &mut Vec<u8>, host: &[u8]) {
+    line(out, b"host", host);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response's body is delimited.
@@ -224,9 +219,17 @@ pub(super) fn parse_response(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Answer, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Room for the usual response; the rare one with more headers is parsed again.
+    let mut few = [httparse::EMPTY_HEADER; 24];
+    let mut many;
+    let mut resp = httparse::Response::new(&mut few);
+    let mut parsed = resp.parse(buf);
+    if parsed == Err(httparse::Error::TooManyHeaders) {
+        many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        resp = httparse::Response::new(&mut many);
+        parsed = resp.parse(buf);
+    }
+    let len = match parsed {
         Ok(Status::Complete(len)) => len,
         Ok(Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(Answer::More),
         Ok(Status::Partial) => return Err("response head over 64 KiB".into()),
@@ -268,13 +271,7 @@ pub(super) fn parse_response(
         (Some(false), _) | (None, None) => Framing::UntilClose,
         (None, Some(n)) => Framing::Length(n),
     });
-    out.clear();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    status_line(out, status);
     for h in resp.headers.iter() {
         let te = h.name.eq_ignore_ascii_case("transfer-encoding");
         let keep = if te {
@@ -301,14 +298,22 @@ pub(super) fn parse_response(
     }))
 }
 
+/// Starts `out` with the status line of `status`.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes cairn's own plain-text answer.
 pub(super) fn write_answer(out: &mut Vec<u8>, status: StatusCode, text: &str, close: bool) {
-    out.clear();
+    status_line(out, status);
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{text}",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{text}",
         text.len(),
         if close { "connection: close\r\n" } else { "" },
     );
@@ -318,7 +323,7 @@ pub(super) fn write_answer(out: &mut Vec<u8>, status: StatusCode, text: &str, cl
 mod tests {
     use super::*;
 
-    const PEER: &str = "10.0.0.9:5555";
+    const PEER: &str = "10.0.0.9";
 
     fn takes(bytes: &[u8]) -> Option<(String, usize, usize, bool)> {
         let mut headers = request_headers();
@@ -383,8 +388,8 @@ mod tests {
             panic!("not taken");
         };
         let mut out = Vec::new();
-        write_request(&req, bytes, PEER.parse().unwrap(), &mut out);
-        end_request(&mut out, "orders");
+        write_request(&req, bytes, PEER, &mut out);
+        end_request(&mut out, b"orders");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /p HTTP/1.1\r\nX-Kept: yes\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n\
