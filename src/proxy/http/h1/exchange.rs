@@ -39,6 +39,9 @@ pub(crate) struct Site<'a> {
     pub(crate) limits: &'a Limits,
 }
 
+/// The largest read of a response body, which reads grow to while a large body streams.
+const MAX_READ: usize = 256 * 1024;
+
 /// Response bodies up to this size go out in one write with their head.
 const WITH_HEAD: usize = 16 * 1024;
 
@@ -234,6 +237,7 @@ impl<'a> Exchange<'a> {
     ) -> bool {
         read.advance(head.len);
         let mut left = Remaining::new(head.framing);
+        let mut want = READ_SIZE;
         let Ok(mut n) = left.take(&read) else {
             return false;
         };
@@ -259,13 +263,17 @@ impl<'a> Exchange<'a> {
                 // Bytes past the body's end that are not the end of a chunk: broken framing.
                 return false;
             }
-            read.reserve(READ_SIZE);
+            read.reserve(want);
+            let room = read.capacity();
             match up.read_buf(&mut read).await {
                 Ok(0) if left == Remaining::UntilClose => break,
                 Ok(0) | Err(_) => {
                     debug!(%addr, "instance closed before the end of the response body");
                     return false;
                 }
+                // A read that fills the buffer says a large body is streaming: larger reads
+                // then take fewer system calls per byte.
+                Ok(got) if got == room && want < MAX_READ => want *= 2,
                 Ok(_) => {}
             }
             n = match left.take(&read) {
