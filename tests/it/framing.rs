@@ -1,10 +1,12 @@
 //! cairn's own HTTP/1.1 path against a raw-socket upstream and a raw client: every framing an
 //! instance may answer with reaches the client whole and framed once, interim answers stay
-//! behind, pipelined requests are answered in order, and upstream connections are reused.
+//! behind, pipelined requests are answered in order, upstream connections are reused, and a
+//! large download streams through without being held.
 
 use std::time::Duration;
 
 use crate::hostile::http_setup;
+use crate::support::http::memory_kib;
 use crate::support::raw::{exchange, Reply};
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -93,5 +95,32 @@ async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
         up.connections(),
         1,
         "the upstream connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn a_64_mib_download_streams_through_with_flat_memory() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+    reply.extend((0..SIZE).map(|i| b'a' + (i % 26) as u8));
+    let (_etcd, _up, cairn) = http_setup(Reply::Raw(Box::leak(reply.into_boxed_slice())), "").await;
+    let (rss_before, peak_before) = memory_kib(cairn.pid());
+    let got = exchange(
+        cairn.listen(0),
+        b"GET /big HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert_eq!(body.len(), SIZE, "the body arrived cut");
+    assert!(body
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b == b'a' + (i % 26) as u8));
+    let (_, peak_after) = memory_kib(cairn.pid());
+    // Buffering the body whole would lift the peak by 64 MiB.
+    assert!(
+        peak_after < peak_before.max(rss_before) + 16 * 1024,
+        "cairn's peak memory grew from {peak_before} KiB to {peak_after} KiB"
     );
 }
