@@ -102,8 +102,8 @@ async fn requests(
     // The request timeout's timer, kept apart so that both deadlines only ever move later.
     let mut timer = Deadline::after(idle);
     loop {
-        // The whole head, and body, within the idle timeout: a kept-alive client that sends
-        // nothing is closed, and so is one that sends a head slowly.
+        // The whole head within the idle timeout: a kept-alive client that sends nothing is
+        // closed, and so is one that sends a head slowly.
         deadline.reset(idle);
         let used = loop {
             let mut headers = request_headers();
@@ -111,6 +111,9 @@ async fn requests(
                 Read::Request(req) => break x.handle(site, &req, &buf, &mut timer).await,
                 Read::Elsewhere => return Served::Elsewhere(x.into_client(), buf),
                 Read::More => {}
+                // A body comes at the client's pace: each read moves the deadline, as hyper
+                // times only the head of the requests it serves.
+                Read::Body => deadline.reset(idle),
             }
             if buf.capacity() - buf.len() < READ_SIZE / 4 {
                 buf.reserve(READ_SIZE);

@@ -34,8 +34,10 @@ pub(super) fn request_headers<'b>() -> RequestHeaders<'b> {
 pub(super) enum Read<'b> {
     /// A request this path serves, with its whole body.
     Request(RequestHead<'b>),
-    /// Not yet a whole request.
+    /// Not yet a whole head.
     More,
+    /// A whole head; not yet all of its body.
+    Body,
     /// Something hyper serves: HTTP/2, HTTP/1.0, an upgrade, a chunked or large body, an
     /// `Expect`, a head too large, or bytes that are no request at all (hyper answers them).
     Elsewhere,
@@ -111,7 +113,7 @@ pub(super) fn parse_request<'b>(
         return Read::Elsewhere;
     };
     if buf.len() < len + body {
-        return Read::More;
+        return Read::Body;
     }
     Read::Request(RequestHead {
         method,
@@ -335,6 +337,7 @@ mod tests {
                 r.close,
             )),
             Read::More => Some(("more".into(), 0, 0, false)),
+            Read::Body => Some(("body".into(), 0, 0, false)),
             Read::Elsewhere => None,
         }
     }
@@ -350,7 +353,7 @@ mod tests {
         );
         // The head or the body is not all there yet.
         assert_eq!(takes(&post[..20]).unwrap().0, "more");
-        assert_eq!(takes(&post[..post.len() - 1]).unwrap().0, "more");
+        assert_eq!(takes(&post[..post.len() - 1]).unwrap().0, "body");
         for elsewhere in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
             b"GET / HTTP/1.0\r\nHost: web\r\n\r\n",
