@@ -4,16 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::config::RelayConfig;
 use super::error::ProxyError;
 use super::failover::{Attempts, Target};
 use super::metrics::{Active, ListenerMetrics};
-use super::relay::{keepalive, relay, Relayed};
+use super::relay::{inherited, keepalive, relay, Relayed};
 use crate::accept::{accept_loop, Caps};
 use crate::addr::Addr;
 use crate::balance::hash;
@@ -55,6 +56,10 @@ impl TcpProxy {
         stop: CancellationToken,
         abort: CancellationToken,
     ) -> TcpListener {
+        // Accepted sockets get these from the listener; a reload sets them anew.
+        if let Err(e) = inherited(&listener, self.relay.keepalive) {
+            warn!(service = %self.service, error = %e, "cannot set tcp options on the listener");
+        }
         accept_loop(listener, caps, stop, |stream, peer, permit| {
             let proxy = Arc::clone(&self);
             let abort = abort.clone();
@@ -72,7 +77,6 @@ impl TcpProxy {
     async fn handle(&self, mut inbound: TcpStream, peer: SocketAddr) {
         self.metrics.accepted.inc();
         let _active = Active::new(&self.metrics.active);
-        let _ = inbound.set_nodelay(true);
         let (mut outbound, addr, _inflight) = match self.connect(peer).await {
             Ok(connected) => connected,
             Err(e) => {
@@ -82,10 +86,9 @@ impl TcpProxy {
             }
         };
         if let Some(idle) = self.relay.keepalive {
-            for stream in [&inbound, &outbound] {
-                if let Err(e) = keepalive(stream, idle) {
-                    debug!(service = %self.service, %peer, error = %e, "cannot turn on tcp keepalive");
-                }
+            // The client's socket has it from the listener.
+            if let Err(e) = keepalive(SockRef::from(&outbound), Some(idle)) {
+                debug!(service = %self.service, %peer, error = %e, "cannot turn on tcp keepalive");
             }
         }
         debug!(service = %self.service, %peer, upstream = %addr, "connection forwarded");

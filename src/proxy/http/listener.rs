@@ -31,6 +31,7 @@ use super::side::Side;
 use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
+use crate::proxy::relay::inherited;
 use crate::proxy::metrics::Active;
 
 /// How long an idle client gets to take part in closing its connection (an HTTP/2 client must
@@ -76,9 +77,13 @@ impl HttpListener {
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(self.limits.idle_timeout / 2);
         let builder = Arc::new(builder);
+        // Accepted sockets get TCP_NODELAY from the listener (and no keepalive, which a TCP
+        // listener on the same socket before a reload may have set).
+        if let Err(e) = inherited(&listener, None) {
+            debug!(error = %e, "cannot set tcp options on the listener");
+        }
         accept_loop(listener, caps, stop, |stream, peer, permit| {
             self.forwarder.metrics.accepted.inc();
-            let _ = stream.set_nodelay(true);
             let this = Arc::clone(&self);
             let builder = Arc::clone(&builder);
             let draining = drain.clone();
