@@ -84,20 +84,20 @@ const HOP_BY_HOP: [&str; 6] = [
 /// The header names a message's Connection headers list as hop-by-hop.
 #[derive(Debug, Default)]
 pub(crate) struct Listed<'a> {
-    /// The Connection header values: the first few inline, so the usual message allocates
+    /// The listed tokens, split once: the first few inline, so the usual message allocates
     /// nothing.
-    first: [&'a [u8]; 2],
-    more: Vec<&'a [u8]>,
+    first: [&'a str; 4],
+    more: Vec<&'a str>,
 }
 
 impl<'a> Listed<'a> {
     /// The names listed in the Connection header values `values`.
     pub(crate) fn new(values: impl Iterator<Item = &'a [u8]>) -> Listed<'a> {
         let mut listed = Listed::default();
-        for (i, value) in values.enumerate() {
+        for (i, token) in values.flat_map(Listed::tokens).enumerate() {
             match listed.first.get_mut(i) {
-                Some(slot) => *slot = value,
-                None => listed.more.push(value),
+                Some(slot) => *slot = token,
+                None => listed.more.push(token),
             }
         }
         listed
@@ -115,8 +115,7 @@ impl<'a> Listed<'a> {
     /// Whether `token` is listed.
     pub(crate) fn has(&self, token: &str) -> bool {
         (self.first.iter().chain(&self.more))
-            .flat_map(|v| Listed::tokens(v))
-            .any(|t| t.eq_ignore_ascii_case(token))
+            .any(|t| !t.is_empty() && t.eq_ignore_ascii_case(token))
     }
 
     /// Whether a header `name` (any case) is hop-by-hop: one of [`HOP_BY_HOP`], a `Proxy-*`
@@ -290,12 +289,14 @@ mod tests {
 
     #[test]
     fn every_connection_header_counts() {
-        let values: [&[u8]; 4] = [b"keep-alive", b"X-A, x-b", b"", b" X-C "];
+        let values: [&[u8]; 5] = [b"keep-alive", b"X-A, x-b", b"", b" X-C ", b"x-e,,x-f"];
         let listed = Listed::new(values.into_iter());
         for name in [
             "x-a",
             "X-B",
             "x-c",
+            "x-e",
+            "X-F",
             "keep-alive",
             "Connection",
             "proxy-x",

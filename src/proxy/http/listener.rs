@@ -31,8 +31,8 @@ use super::side::Side;
 use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
-use crate::proxy::relay::inherited;
 use crate::proxy::metrics::Active;
+use crate::proxy::relay::inherited;
 
 /// How long an idle client gets to take part in closing its connection (an HTTP/2 client must
 /// answer the GOAWAY's ping) before it is dropped: a few round trips on any network.
