@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::hostile::http_setup;
 use crate::support::http::memory_kib;
 use crate::support::raw::{exchange, Reply};
@@ -123,4 +125,37 @@ async fn a_64_mib_download_streams_through_with_flat_memory() {
         peak_after < peak_before.max(rss_before) + 16 * 1024,
         "cairn's peak memory grew from {peak_before} KiB to {peak_after} KiB"
     );
+}
+
+#[tokio::test]
+async fn an_upstream_connection_the_instance_closed_is_never_written_to() {
+    // Every answer is complete and says nothing of closing, then the instance closes: the
+    // idle connection cairn kept is dead by the next request, which must go on a new one.
+    let (_etcd, up, cairn) = http_setup(
+        Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        "",
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(cairn.listen(0))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = format!("GET /{i} HTTP/1.1\r\nHost: web\r\n\r\n");
+        client.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\nok") {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "cairn closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(up.received().len(), 3);
+    assert_eq!(up.connections(), 3);
 }
