@@ -55,19 +55,15 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            // One worker is one thread, as an nginx worker or an HAProxy thread: the runtime
-            // that runs everything on the thread that started it, with no work-stealing
-            // machinery to pay for.
-            let runtime = if parsed.workers == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(parsed.workers)
-                    .enable_all()
-                    .build()
-            };
+            // One worker is one thread, as an nginx worker or an HAProxy thread: each runs a
+            // runtime of its own on one thread, with no work-stealing machinery to pay for.
+            // This thread is the first worker; connections are dealt to all of them in turn.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Err(e) = cairn::workers::start(parsed.workers) {
+                return fail(&e);
+            }
             let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => return fail(&e),

@@ -22,6 +22,7 @@ use crate::net::{dial, OwnAddrs};
 use crate::registry::ServiceName;
 use crate::snapshot::{InFlight, ServiceCell};
 use crate::throttle::Throttle;
+use crate::workers;
 
 /// What a TCP listener needs to forward one connection.
 pub(crate) struct TcpProxy {
@@ -63,7 +64,7 @@ impl TcpProxy {
         accept_loop(listener, caps, stop, |stream, peer, permit| {
             let proxy = Arc::clone(&self);
             let abort = abort.clone();
-            tracker.spawn(async move {
+            workers::spawn(&tracker, stream, move |stream| async move {
                 tokio::select! {
                     _ = proxy.handle(stream, peer) => {}
                     _ = abort.cancelled() => {}

@@ -69,7 +69,9 @@ async fn a_cut_body_closes_the_client_and_garbage_gets_502() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_upstream_connection() {
-    let (_etcd, up, cairn) = http_setup(Reply::Ok, "").await;
+    // One worker: each worker keeps upstream connections of its own, and two clients may be
+    // dealt to two workers.
+    let (_etcd, up, cairn) = http_setup(Reply::Ok, "\n[runtime]\nworkers = 1\n").await;
     let got = exchange(
         cairn.listen(0),
         b"GET /1 HTTP/1.1\r\nHost: web\r\n\r\nPOST /2 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\nbodyGET /3 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",

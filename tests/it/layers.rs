@@ -18,7 +18,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
     ),
     (
         "runtime support",
-        &["accept", "clock", "net", "shutdown", "throttle"],
+        &["accept", "clock", "net", "shutdown", "throttle", "workers"],
     ),
     (
         "components",

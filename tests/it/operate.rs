@@ -37,10 +37,10 @@ async fn runtime_workers_sets_the_number_of_worker_threads() {
         text.push_str(&format!("\n[runtime]\nworkers = {workers}\n"));
         let cairn = Cairn::start(&text).await;
         cairn.wait_ready().await;
-        // tokio names its worker threads "tokio-rt-worker"; one worker is the main thread
-        // itself (a single-threaded runtime), with no worker thread beside it.
-        let beside_main = if workers == 1 { 0 } else { workers };
-        assert_eq!(threads_named(cairn.pid(), "tokio-rt-worker"), beside_main);
+        // The main thread is the first worker; each other one is a thread with a
+        // single-threaded runtime of its own, and no work-stealing runtime runs at all.
+        assert_eq!(threads_named(cairn.pid(), "cairn-worker"), workers - 1);
+        assert_eq!(threads_named(cairn.pid(), "tokio-rt-worker"), 0);
         assert!(
             cairn.log().contains(&format!("workers={workers}")),
             "{}",

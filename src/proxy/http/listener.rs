@@ -33,6 +33,7 @@ use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::Active;
 use crate::proxy::relay::inherited;
+use crate::workers;
 
 /// How long an idle client gets to take part in closing its connection (an HTTP/2 client must
 /// answer the GOAWAY's ping) before it is dropped: a few round trips on any network.
@@ -87,7 +88,7 @@ impl HttpListener {
             let this = Arc::clone(&self);
             let builder = Arc::clone(&builder);
             let draining = drain.clone();
-            tracker.spawn(async move {
+            workers::spawn(&tracker, stream, move |stream| async move {
                 let abort = &this.forwarder.abort;
                 let site = Site {
                     routing: &this.routing,

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::addr::Addr;
+use crate::workers;
 
 /// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
 /// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
@@ -34,10 +35,11 @@ impl Reusable for TcpStream {
     }
 }
 
-/// Idle connections of one kind, by instance.
+/// Idle connections of one kind, by instance and by worker: a connection is only reused on the
+/// worker whose poller it is registered with, so its wake-ups never cross threads.
 pub(super) struct Shelf<C> {
-    /// The most recently used last.
-    idle: Mutex<HashMap<Addr, Vec<Idle<C>>>>,
+    /// Per instance, per worker, the most recently used last.
+    idle: Mutex<HashMap<Addr, Vec<Vec<Idle<C>>>>>,
 }
 
 struct Idle<C> {
@@ -55,7 +57,11 @@ impl<C: Reusable> Shelf<C> {
     /// An idle connection to `addr` still open and ready, the most recently used first.
     pub(super) fn take(&self, addr: &Addr) -> Option<C> {
         loop {
-            let idle = self.lock().get_mut(addr)?.pop()?;
+            let idle = self
+                .lock()
+                .get_mut(addr)?
+                .get_mut(workers::index())?
+                .pop()?;
             // Checked outside the lock: a closed one is dropped (closing its socket) here too.
             if idle.since.elapsed() < IDLE_TIMEOUT {
                 let mut conn = idle.conn;
@@ -73,7 +79,12 @@ impl<C: Reusable> Shelf<C> {
             return false;
         }
         let mut idle = self.lock();
-        let list = idle.entry(addr).or_default();
+        let lists = idle.entry(addr).or_default();
+        let worker = workers::index();
+        if lists.len() <= worker {
+            lists.resize_with(worker + 1, Vec::new);
+        }
+        let list = &mut lists[worker];
         if list.len() >= MAX_IDLE_PER_INSTANCE {
             return false;
         }
@@ -88,17 +99,19 @@ impl<C: Reusable> Shelf<C> {
     pub(super) fn sweep(&self) {
         let mut gone = Vec::new();
         let now = Instant::now();
-        self.lock().retain(|_, list| {
-            let mut i = 0;
-            while i < list.len() {
-                let idle = &mut list[i];
-                if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
-                    gone.push(list.swap_remove(i));
-                } else {
-                    i += 1;
+        self.lock().retain(|_, lists| {
+            for list in lists.iter_mut() {
+                let mut i = 0;
+                while i < list.len() {
+                    let idle = &mut list[i];
+                    if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
+                        gone.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
                 }
             }
-            !list.is_empty()
+            lists.iter().any(|l| !l.is_empty())
         });
         // Closing the sockets happens after the lock is released.
         drop(gone);
@@ -107,10 +120,12 @@ impl<C: Reusable> Shelf<C> {
     /// The idle connections to `addr`.
     #[cfg(test)]
     pub(super) fn count(&self, addr: &Addr) -> usize {
-        self.lock().get(addr).map_or(0, Vec::len)
+        self.lock()
+            .get(addr)
+            .map_or(0, |lists| lists.iter().map(Vec::len).sum())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Vec<Idle<C>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Addr, Vec<Vec<Idle<C>>>>> {
         self.idle
             .lock()
             .expect("the shelf lock is never held across a panic")
