@@ -172,8 +172,8 @@ impl<'a> Exchange<'a> {
     }
 
     /// Writes the request in `out` to `addr` and reads the response head, whose rewritten
-    /// form is then in `out`; the bytes read after it come back too. A kept-alive socket that fails the first write is replaced by
-    /// another: nothing of the request reached the instance.
+    /// form is then in `out`; the bytes read after it come back too. A kept-alive socket that
+    /// fails the first write is replaced by another: nothing of the request reached it.
     async fn send(
         &mut self,
         pool: &Arc<Pool>,
