@@ -65,6 +65,10 @@ async fn a_cut_body_closes_the_client_and_garbage_gets_502() {
     let got = one_get(b"SSH-2.0-OpenSSH_9.2\r\n").await;
     assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
     assert!(got.contains("invalid response head"), "{got}");
+    // A chunked body broken from its first bytes: a 502, not a head and a cut.
+    let got = one_get(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(got.contains("malformed chunked body"), "{got}");
 }
 
 #[tokio::test]

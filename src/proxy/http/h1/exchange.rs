@@ -154,9 +154,14 @@ impl<'a> Exchange<'a> {
                 Ok((up, read, head)) => {
                     attempts.answered(&addr, head.status);
                     // The request stays in flight on its instance until the body has been sent.
-                    let open = (self.relay(up, read, head, close, &route.pool, addr)).await;
+                    let relayed = self.relay(up, read, head, close, &route.pool, addr.clone());
+                    let open = relayed.await.map_err(|e| ProxyError::Upstream {
+                        service: route.service.clone(),
+                        addr,
+                        cause: e.to_string(),
+                    });
                     drop(inflight);
-                    return Ok(open);
+                    return open;
                 }
                 Err(SendFail::Unsent(cause)) => addr = attempts.failed(&addr, &cause)?,
                 Err(SendFail::Failed(cause)) => {
@@ -234,25 +239,25 @@ impl<'a> Exchange<'a> {
         close: bool,
         pool: &Arc<Pool>,
         addr: Addr,
-    ) -> bool {
+    ) -> Result<bool, BadChunk> {
         read.advance(head.len);
         let mut left = Remaining::new(head.framing);
         let mut want = READ_SIZE;
-        let Ok(mut n) = left.take(&read) else {
-            return false;
-        };
+        // A body broken from its first bytes is found before the client gets anything: it is
+        // answered with a 502, not with a head and a cut.
+        let mut n = left.take(&read)?;
         if n <= WITH_HEAD {
             self.out.extend_from_slice(&read[..n]);
             read.advance(n);
             n = 0;
         }
         if self.client.write_all(&self.out).await.is_err() {
-            return false;
+            return Ok(false);
         }
         loop {
             if n > 0 {
                 if self.client.write_all(&read[..n]).await.is_err() {
-                    return false;
+                    return Ok(false);
                 }
                 read.advance(n);
             }
@@ -261,7 +266,7 @@ impl<'a> Exchange<'a> {
             }
             if !read.is_empty() {
                 // Bytes past the body's end that are not the end of a chunk: broken framing.
-                return false;
+                return Ok(false);
             }
             read.reserve(want);
             let room = read.capacity();
@@ -269,7 +274,7 @@ impl<'a> Exchange<'a> {
                 Ok(0) if left == Remaining::UntilClose => break,
                 Ok(0) | Err(_) => {
                     debug!(%addr, "instance closed before the end of the response body");
-                    return false;
+                    return Ok(false);
                 }
                 // A read that fills the buffer says a large body is streaming: larger reads
                 // then take fewer system calls per byte.
@@ -280,14 +285,14 @@ impl<'a> Exchange<'a> {
                 Ok(n) => n,
                 Err(e) => {
                     debug!(%addr, error = %e, "broken response body");
-                    return false;
+                    return Ok(false);
                 }
             };
         }
         if head.keep_alive && head.framing != Framing::UntilClose && read.is_empty() {
             pool.keep_socket(addr, up);
         }
-        !close && head.framing != Framing::UntilClose
+        Ok(!close && head.framing != Framing::UntilClose)
     }
 
     /// Answers the client with cairn's own one-line text. Returns whether the connection stays

@@ -100,16 +100,22 @@ pub(super) fn parse_request<'b>(
                 _ => return Read::Elsewhere,
             }
         } else if is("host") {
-            if host.is_some() || std::str::from_utf8(h.value).is_err() {
-                return Read::Elsewhere;
+            // Kept as a place in `buf`; an empty or odd Host is hyper's to judge.
+            let start = (h.value.as_ptr() as usize).checked_sub(buf.as_ptr() as usize);
+            let place = start
+                .map(|start| start..start + h.value.len())
+                .filter(|place| !place.is_empty() && place.end <= buf.len());
+            match place {
+                Some(place) if host.is_none() && std::str::from_utf8(h.value).is_ok() => {
+                    host = Some(place);
+                }
+                _ => return Read::Elsewhere,
             }
-            let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-            host = Some(start..start + h.value.len());
         } else if is("connection") {
             close |= Listed::tokens(h.value).any(|t| t.eq_ignore_ascii_case("close"));
         }
     }
-    let Some(host) = host.filter(|h| !h.is_empty()) else {
+    let Some(host) = host else {
         return Read::Elsewhere;
     };
     if buf.len() < len + body {
@@ -362,6 +368,7 @@ mod tests {
             b"CONNECT web:443 HTTP/1.1\r\nHost: web\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
