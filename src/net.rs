@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::addr::Addr;
@@ -82,7 +84,6 @@ pub(crate) async fn dial(addr: &Addr, timeout: Duration, own: &OwnAddrs) -> io::
             format!("no answer within {}", humantime::format_duration(timeout)),
         )
     })??;
-    stream.set_nodelay(true)?;
     Ok(stream)
 }
 
@@ -93,7 +94,35 @@ async fn connect_unless_own(addr: &Addr, sa: SocketAddr, own: &OwnAddrs) -> io::
             format!("{addr} is cairn's own listener {listener}; forwarding there would loop"),
         ));
     }
-    TcpStream::connect(sa).await
+    connect_nodelay(sa).await
+}
+
+/// Connects to `sa` with TCP_NODELAY set. Where tokio's connect reads `SO_ERROR` once the socket
+/// turns writable, this reads it only when the kernel reports an error: one system call fewer
+/// for every connection made.
+async fn connect_nodelay(sa: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(sa),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&sa.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    // A refused or unreachable connect shows as an error (and a hang-up) on the socket.
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection was closed at once",
+            )
+        }));
+    }
+    Ok(stream)
 }
 
 #[cfg(test)]
@@ -102,6 +131,21 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connect_is_refused_or_made_with_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (target, own) = (Addr::Ip(addr), OwnAddrs::default());
+        let dial_it = || dial(&target, Duration::from_secs(5), &own);
+        let stream = dial_it().await.unwrap();
+        assert!(stream.nodelay().unwrap());
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        drop(listener);
+        // Nothing listens there now: the kernel's refusal is the error.
+        let e = dial_it().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 
     #[test]

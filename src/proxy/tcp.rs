@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,7 +13,7 @@ use super::config::RelayConfig;
 use super::error::ProxyError;
 use super::failover::{Attempts, Target};
 use super::metrics::{Active, ListenerMetrics};
-use super::relay::{inherited, keepalive, relay, Relayed};
+use super::relay::{inherited, relay, Relayed};
 use crate::accept::{accept_loop, Caps};
 use crate::addr::Addr;
 use crate::balance::hash;
@@ -86,14 +85,8 @@ impl TcpProxy {
                 return;
             }
         };
-        if let Some(idle) = self.relay.keepalive {
-            // The client's socket has it from the listener.
-            if let Err(e) = keepalive(SockRef::from(&outbound), Some(idle)) {
-                debug!(service = %self.service, %peer, error = %e, "cannot turn on tcp keepalive");
-            }
-        }
         debug!(service = %self.service, %peer, upstream = %addr, "connection forwarded");
-        match relay(&mut inbound, &mut outbound, self.relay.idle_timeout).await {
+        match relay(&mut inbound, &mut outbound, self.relay).await {
             Ok(Relayed::Done(up, down)) => {
                 debug!(service = %self.service, %peer, up, down, "connection closed")
             }
