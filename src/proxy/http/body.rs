@@ -10,8 +10,12 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+/// Why a body stopped short: hyper's error, or the framing of a response read by cairn's own
+/// client.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What cairn answers clients with: an upstream's streamed body, or a short text of its own.
-pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
 
 /// A client's request body that can be handed to another attempt as long as no attempt has
 /// started reading it.

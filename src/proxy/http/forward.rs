@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
+use super::h1::client::{send_bodiless, SendFail};
 use super::headers::{
     forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED,
 };
@@ -102,6 +103,24 @@ impl Forwarder {
             }
 
             let inflight = attempts.begin();
+            if upgrade.is_none() && body.is_none() {
+                // No body to stream and no connection to hand over: cairn's own client.
+                let sent = send_bodiless(&route.pool, &addr, &upstream);
+                let cause = match self.wait(route, &addr, sent).await? {
+                    Ok(resp) => {
+                        attempts.answered(&addr, resp.status());
+                        // The request stays in flight on its instance until the body is sent.
+                        return Ok(resp.map(|body| Guarded::new(body, inflight).boxed()));
+                    }
+                    Err(SendFail::Unsent(cause)) => cause,
+                    Err(SendFail::Failed(cause)) => {
+                        debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
+                        return Err(upstream_error(route, addr, cause));
+                    }
+                };
+                addr = attempts.failed(&addr, &cause)?;
+                continue;
+            }
             let sent = if upgrade.is_some() {
                 self.wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
                     .await?
@@ -138,8 +157,8 @@ impl Forwarder {
         &self,
         route: &Route,
         addr: &Addr,
-        attempt: impl Future<Output = Result<T, SendError>>,
-    ) -> Result<Result<T, SendError>, ProxyError> {
+        attempt: impl Future<Output = T>,
+    ) -> Result<T, ProxyError> {
         tokio::time::timeout(route.config.request_timeout, attempt)
             .await
             .map_err(|_| ProxyError::Timeout {
@@ -179,7 +198,7 @@ impl Forwarder {
         }
         strip_hop_by_hop(resp.headers_mut());
         // The request stays in flight on its instance until the body has been sent.
-        Ok(resp.map(|body| Guarded::new(body, inflight).boxed()))
+        Ok(resp.map(|body| Guarded::new(body, inflight).map_err(Into::into).boxed()))
     }
 }
 

@@ -12,8 +12,11 @@
 //! - [`chunked`]: where a chunked body ends.
 //! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
+//! - [`client`]: the instance's side: a request sent on a bare pooled socket and its response
+//!   head read, for this path and for the bodiless requests hyper's server takes.
 
 pub(crate) mod chunked;
+pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod exchange;
 pub(crate) mod head;
@@ -31,9 +34,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use self::client::READ_SIZE;
 use self::deadline::Deadline;
+use self::exchange::Exchange;
 pub(crate) use self::exchange::Site;
-use self::exchange::{Exchange, READ_SIZE};
 use self::head::{parse_request, request_headers, Read};
 use super::side::Side;
 

@@ -53,5 +53,5 @@ pub(crate) fn tunnel(
             _ = abort.cancelled() => {}
         }
     });
-    resp.map(BodyExt::boxed)
+    resp.map(|body| body.map_err(Into::into).boxed())
 }

@@ -24,6 +24,18 @@ pub(crate) enum Chunked {
     Done,
 }
 
+/// What the next bytes of a chunked body carry.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// `skip` framing bytes, then `len` bytes of data.
+    Data { skip: usize, len: usize },
+    /// The trailer section, this many bytes (trailer fields and the final empty line): the
+    /// body is over.
+    End(usize),
+    /// Not enough bytes to tell.
+    More,
+}
+
 /// A chunked body that breaks the framing rules.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct BadChunk(&'static str);
@@ -108,6 +120,46 @@ impl Chunked {
         Ok(i)
     }
 
+    /// Reads the body's next bytes, which begin `bytes`, for what they carry: data after some
+    /// framing bytes (sizes, extensions, line ends), or the trailer section, given whole once
+    /// it has all arrived.
+    ///
+    /// # Errors
+    /// [`BadChunk`] when the bytes are not a chunked body.
+    pub(crate) fn decode(&mut self, bytes: &[u8]) -> Result<Piece, BadChunk> {
+        if self.in_trailers() {
+            let mut probe = *self;
+            let n = probe.advance(bytes)?;
+            if !probe.is_done() {
+                return Ok(Piece::More);
+            }
+            *self = probe;
+            return Ok(Piece::End(n));
+        }
+        let mut skip = 0;
+        while skip < bytes.len() && !self.in_trailers() && !self.is_done() {
+            if let Chunked::Data(left) = *self {
+                let len = left.min((bytes.len() - skip) as u64) as usize;
+                self.advance(&bytes[skip..skip + len])?;
+                return Ok(Piece::Data { skip, len });
+            }
+            skip += self.advance(&bytes[skip..=skip])?;
+        }
+        Ok(if skip == 0 {
+            Piece::More
+        } else {
+            Piece::Data { skip, len: 0 }
+        })
+    }
+
+    /// Whether the last chunk has been read and the trailer section is next.
+    fn in_trailers(&self) -> bool {
+        matches!(
+            self,
+            Chunked::LineStart | Chunked::Trailer | Chunked::FinalLf
+        )
+    }
+
     /// Whether the body has ended.
     pub(crate) fn is_done(&self) -> bool {
         *self == Chunked::Done
@@ -156,20 +208,70 @@ mod tests {
         assert!(end_of(b"ffffffffffffffffff\r\n").is_err());
     }
 
+    /// Decodes `body` fed in pieces cut at `points`: the data, and the trailer section.
+    fn decode(body: &[u8], points: &[usize]) -> Result<(Vec<u8>, Vec<u8>), BadChunk> {
+        let (mut c, mut data, mut buf) = (Chunked::new(), Vec::new(), Vec::new());
+        let mut at = 0;
+        for &p in points.iter().chain([&body.len()]) {
+            buf.extend_from_slice(&body[at..p.max(at)]);
+            at = p.max(at);
+            loop {
+                match c.decode(&buf)? {
+                    Piece::Data { skip, len } => {
+                        data.extend_from_slice(&buf[skip..skip + len]);
+                        buf.drain(..skip + len);
+                    }
+                    Piece::End(n) => return Ok((data, buf[..n].to_vec())),
+                    Piece::More => break,
+                }
+            }
+        }
+        Ok((data, Vec::new()))
+    }
+
+    #[test]
+    fn decoding_gives_the_data_then_the_trailer_section() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n";
+        let (data, trailers) = decode(body, &[1, 4, 9, 12, 30, 33]).unwrap();
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers, b"X-Sum: 42\r\n\r\n");
+        assert!(decode(b"3\r\nabcd\r\n", &[]).is_err());
+    }
+
+    /// `chunks` as a chunked body, then `end` (the last chunk and the trailer section).
+    fn chunked_body(chunks: &[Vec<u8>], end: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for c in chunks {
+            body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(end);
+        body
+    }
+
     proptest! {
+        /// However a body is split across reads, it decodes to the same data.
+        #[test]
+        fn splitting_the_bytes_never_changes_the_data(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+        ) {
+            let body = chunked_body(&chunks, b"0\r\nX: 1\r\n\r\n");
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % body.len()).collect();
+            points.sort_unstable();
+            let (data, trailers) = decode(&body, &points).unwrap();
+            prop_assert_eq!(data, chunks.concat());
+            prop_assert_eq!(trailers, b"X: 1\r\n\r\n".to_vec());
+        }
+
         /// However a body is split across reads, its end is found at the same byte.
         #[test]
         fn splitting_the_bytes_never_moves_the_end(
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
             cuts in proptest::collection::vec(0usize..200, 0..8),
         ) {
-            let mut body = Vec::new();
-            for c in &chunks {
-                body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
-                body.extend_from_slice(c);
-                body.extend_from_slice(b"\r\n");
-            }
-            body.extend_from_slice(b"0\r\n\r\n");
+            let mut body = chunked_body(&chunks, b"0\r\n\r\n");
             let len = body.len();
             body.extend_from_slice(b"GET /next");
             let mut points: Vec<usize> = cuts.into_iter().map(|c| c % body.len()).collect();

@@ -12,10 +12,11 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::{BadChunk, Chunked};
+use super::client::{send, SendFail, MAX_READ, READ_SIZE};
 use super::deadline::Deadline;
 use super::head::{
-    end_request, parse_response, write_answer, write_request, Answer, Framing, RequestHead,
-    ResponseHead,
+    end_request, parse_response, write_answer, write_request, Framing, RequestHead, ResponseHead,
+    Written,
 };
 use crate::addr::Addr;
 use crate::proxy::config::Limits;
@@ -23,9 +24,6 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::http::pool::Pool;
 use crate::proxy::http::routes::{Route, Routes, Routing};
 use crate::proxy::metrics::{Active, ListenerMetrics};
-
-/// How much more a read asks for.
-pub(super) const READ_SIZE: usize = 8 * 1024;
 
 /// What one listener tells the HTTP/1.1 path.
 pub(crate) struct Site<'a> {
@@ -38,9 +36,6 @@ pub(crate) struct Site<'a> {
     /// Header size and idle limits.
     pub(crate) limits: &'a Limits,
 }
-
-/// The largest read of a response body, which reads grow to while a large body streams.
-const MAX_READ: usize = 256 * 1024;
 
 /// Response bodies up to this size go out in one write with their head.
 const WITH_HEAD: usize = 16 * 1024;
@@ -55,14 +50,6 @@ pub(super) struct Exchange<'a> {
     drained: &'a AtomicBool,
     /// The head being written: the request's to the instance, then the response's to the client.
     out: Vec<u8>,
-}
-
-/// Why a request got no response.
-enum SendFail {
-    /// Nothing reached the instance: another one may take the request.
-    Unsent(String),
-    /// The request may have reached the instance; it is never sent again.
-    Failed(String),
 }
 
 impl<'a> Exchange<'a> {
@@ -141,7 +128,9 @@ impl<'a> Exchange<'a> {
             let close = req.close || self.drained.load(Ordering::Relaxed);
             timer.reset(route.config.request_timeout);
             let sent = tokio::select! {
-                sent = self.send(&route.pool, &addr, head_request, close) => sent,
+                sent = send(&route.pool, &addr, &mut self.out, |read, out| {
+                    parse_response(read, head_request, &mut Written { out, close })
+                }) => sent,
                 _ = timer.passed() => {
                     return Err(ProxyError::Timeout {
                         service: route.service.clone(),
@@ -172,58 +161,6 @@ impl<'a> Exchange<'a> {
                         cause,
                     });
                 }
-            }
-        }
-    }
-
-    /// Writes the request in `out` to `addr` and reads the response head, whose rewritten
-    /// form is then in `out`; the bytes read after it come back too. A kept-alive socket that
-    /// fails the first write is replaced by another: nothing of the request reached it.
-    async fn send(
-        &mut self,
-        pool: &Arc<Pool>,
-        addr: &Addr,
-        head_request: bool,
-        close: bool,
-    ) -> Result<(TcpStream, BytesMut, ResponseHead), SendFail> {
-        let mut up = loop {
-            let (mut up, reused) = pool.socket(addr).await.map_err(SendFail::Unsent)?;
-            let written = match up.write(&self.out).await {
-                Ok(n) if n > 0 => n,
-                Ok(_) => return Err(SendFail::Unsent("the connection took no bytes".into())),
-                Err(e) if reused => {
-                    debug!(%addr, error = %e, "kept-alive connection closed before use, taking another");
-                    continue;
-                }
-                Err(e) => return Err(SendFail::Unsent(e.to_string())),
-            };
-            (up.write_all(&self.out[written..]).await)
-                .map_err(|e| SendFail::Failed(e.to_string()))?;
-            break up;
-        };
-        // Allocated per exchange: an idle client connection holds no upstream buffer.
-        let mut read = BytesMut::with_capacity(READ_SIZE);
-        loop {
-            if !read.is_empty() {
-                match parse_response(&read, head_request, close, &mut self.out) {
-                    Ok(Answer::Head(head)) => return Ok((up, read, head)),
-                    Ok(Answer::Interim(n)) => {
-                        read.advance(n);
-                        continue;
-                    }
-                    Ok(Answer::More) => {}
-                    Err(e) => return Err(SendFail::Failed(e)),
-                }
-            }
-            read.reserve(READ_SIZE);
-            match up.read_buf(&mut read).await {
-                Ok(0) => {
-                    return Err(SendFail::Failed(
-                        "connection closed before a response".into(),
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(SendFail::Failed(e.to_string())),
             }
         }
     }

@@ -168,7 +168,7 @@ pub(super) fn write_request(req: &RequestHead<'_>, buf: &[u8], peer_ip: &str, ou
     line(out, b"x-forwarded-host", &buf[req.host.clone()]);
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -188,7 +188,7 @@ pub(super) enum Framing {
     Empty,
     /// This many bytes.
     Length(u64),
-    /// Chunked, passed on as it came.
+    /// Chunked.
     Chunked,
     /// Up to the instance's close.
     UntilClose,
@@ -215,17 +215,49 @@ pub(super) enum Answer {
     More,
 }
 
-/// Reads a response head from the start of `buf`, and writes the client's head into `out`:
-/// without hop-by-hop headers, and with `Connection: close` when `close` says the client
-/// connection ends after this response (it does too when the body runs to the close).
+/// Where the client's head goes as a response head is read: its status, then the headers it
+/// keeps (no hop-by-hop ones), then its end.
+pub(super) trait Emit {
+    fn status(&mut self, status: StatusCode);
+    /// A header for the client. `coding` marks a Transfer-Encoding, which goes only with a
+    /// body passed on as it came.
+    fn header(&mut self, name: &str, value: &[u8], coding: bool);
+    /// The head is over; `until_close` says the body runs to the instance's close.
+    fn end(&mut self, until_close: bool);
+}
+
+/// The client's head as HTTP/1.1 bytes in `out`, with `Connection: close` when `close` says the
+/// client connection ends after this response (it does too when the body runs to the close).
+pub(super) struct Written<'a> {
+    pub(super) out: &'a mut Vec<u8>,
+    pub(super) close: bool,
+}
+
+impl Emit for Written<'_> {
+    fn status(&mut self, status: StatusCode) {
+        status_line(self.out, status);
+    }
+
+    fn header(&mut self, name: &str, value: &[u8], _coding: bool) {
+        line(self.out, name.as_bytes(), value);
+    }
+
+    fn end(&mut self, until_close: bool) {
+        if self.close || until_close {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Reads a response head from the start of `buf`, and gives the client's head to `emit`.
 ///
 /// # Errors
 /// What is wrong with the head, for the 502.
 pub(super) fn parse_response(
     buf: &[u8],
     head_request: bool,
-    close: bool,
-    out: &mut Vec<u8>,
+    emit: &mut impl Emit,
 ) -> Result<Answer, String> {
     // Room for the usual response; the rare one with more headers is parsed again.
     let mut few = [httparse::EMPTY_HEADER; 24];
@@ -279,11 +311,11 @@ pub(super) fn parse_response(
         (Some(false), _) | (None, None) => Framing::UntilClose,
         (None, Some(n)) => Framing::Length(n),
     });
-    status_line(out, status);
+    emit.status(status);
     for h in resp.headers.iter() {
         let te = h.name.eq_ignore_ascii_case("transfer-encoding");
         let keep = if te {
-            // The body is passed on chunked as it came, so its coding goes with it.
+            // A body passed on chunked as it came takes its coding along.
             framing == Framing::Chunked || (framing == Framing::Empty && chunked.is_some())
         } else if h.name.eq_ignore_ascii_case("content-length") {
             chunked.is_none()
@@ -291,13 +323,10 @@ pub(super) fn parse_response(
             !listed.is_hop_by_hop(h.name)
         };
         if keep {
-            line(out, h.name.as_bytes(), h.value);
+            emit.header(h.name, h.value, te);
         }
     }
-    if close || framing == Framing::UntilClose {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    emit.end(framing == Framing::UntilClose);
     Ok(Answer::Head(ResponseHead {
         status,
         len,
@@ -409,7 +438,14 @@ mod tests {
 
     fn answer(bytes: &[u8], head: bool, close: bool) -> Result<(Answer, String), String> {
         let mut out = Vec::new();
-        let a = parse_response(bytes, head, close, &mut out)?;
+        let a = parse_response(
+            bytes,
+            head,
+            &mut Written {
+                out: &mut out,
+                close,
+            },
+        )?;
         Ok((a, String::from_utf8(out).unwrap()))
     }
 
