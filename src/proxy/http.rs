@@ -9,7 +9,8 @@
 //! Most HTTP/1.1 requests (a head, and a small body of known length or none) take cairn's own
 //! path, [`h1`], which reads and writes both sockets itself. Everything else, from h2c to
 //! chunked uploads and WebSocket upgrades, is served by hyper, to which such a connection is
-//! handed with the bytes already read.
+//! handed with the bytes already read. Of those requests, the ones without a body reach the
+//! instance through cairn's own client ([`h1::client`]) too; the rest through hyper's.
 //!
 //! A request is retried on another instance only when connecting failed, which means no byte of
 //! it reached an upstream: a request is never delivered twice.

@@ -1,11 +1,12 @@
-//! The upstream pool: kept-alive HTTP/1.1 connections to instances, each driven by the task of
-//! the request using it. A request polls its connection itself while it waits for the answer and
+//! The upstream pool: kept-alive HTTP/1.1 connections to instances for the requests with a body
+//! that hyper's server takes, each driven by the task of the request using it. A request polls its connection itself while it waits for the answer and
 //! while its response body streams, then hands the connection back when the body has ended. No
 //! background task per connection and no channel hop per request: one task wake-up where a
 //! separate connection task costs three.
 //!
 //! An idle connection is nobody's to poll, so it waits on a [`Shelf`], swept every second. The
-//! pool also keeps the bare sockets of cairn's own HTTP/1.1 path ([`super::h1`]).
+//! pool also keeps the bare sockets of cairn's own HTTP/1.1 client ([`super::h1::client`]),
+//! which carries every other request.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
