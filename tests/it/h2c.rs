@@ -4,6 +4,7 @@
 //! upstream connections are reused.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -175,4 +176,37 @@ async fn h2c_requests_share_one_upstream_connection_and_arrive_as_http11() {
         1,
         "the upstream connection was not reused"
     );
+}
+
+#[tokio::test]
+async fn h2c_fails_over_a_refused_instance_and_times_out_a_slow_one() {
+    let (etcd, up, cairn) = http_setup(Reply::Ok, "").await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    etcd.client()
+        .await
+        .put("/services/web/dead", dead.to_string(), None)
+        .await
+        .unwrap();
+    cairn
+        .wait_instances("web", &["dead", "raw"], Duration::from_secs(10))
+        .await;
+    // Every request reaches the live instance, once: a refused connect sent nothing.
+    let mut send = h2(cairn.listen(0)).await;
+    for i in 0..6 {
+        let got = request(&mut send, Method::GET, &format!("/{i}")).await;
+        assert_eq!(got.status, Some(StatusCode::OK), "{got:?}");
+    }
+    assert_eq!(up.received().len(), 6);
+
+    let (_etcd, _up, cairn) = http_setup(
+        Reply::Slow(Duration::from_secs(5)),
+        "request_timeout = \"300ms\"",
+    )
+    .await;
+    let got = request(&mut h2(cairn.listen(0)).await, Method::GET, "/slow").await;
+    assert_eq!(got.status, Some(StatusCode::GATEWAY_TIMEOUT), "{got:?}");
 }
