@@ -47,6 +47,13 @@ async fn request(
         .uri(format!("http://web{path}"))
         .body(Empty::new())
         .unwrap();
+    send_one(send, req).await
+}
+
+async fn send_one(
+    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    req: Request<Empty<Bytes>>,
+) -> Got {
     let mut got = Got {
         status: None,
         headers: HeaderMap::new(),
@@ -159,6 +166,14 @@ async fn h2c_requests_share_one_upstream_connection_and_arrive_as_http11() {
         assert_eq!(got.status, Some(StatusCode::OK), "{got:?}");
         assert!(got.error.is_none(), "{got:?}");
     }
+    // Cookies an HTTP/2 client sent in fields of their own arrive in one line.
+    let req = Request::builder()
+        .uri("http://web/3")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(send_one(&mut send, req).await.status, Some(StatusCode::OK));
     let seen = up.received();
     let lines: Vec<&str> = seen.iter().map(|r| r.line.as_str()).collect();
     assert_eq!(
@@ -166,11 +181,13 @@ async fn h2c_requests_share_one_upstream_connection_and_arrive_as_http11() {
         [
             "GET /0?q=1 HTTP/1.1",
             "GET /1?q=1 HTTP/1.1",
-            "GET /2?q=1 HTTP/1.1"
+            "GET /2?q=1 HTTP/1.1",
+            "GET /3 HTTP/1.1"
         ]
     );
     assert_eq!(seen[0].header("host"), ["web"]);
     assert_eq!(seen[0].header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen[3].header("cookie"), ["a=1; b=2"]);
     assert_eq!(
         up.connections(),
         1,

@@ -216,6 +216,18 @@ pub(crate) fn forwarded_headers(
             Fate::Drop => {}
         }
     }
+    // An HTTP/2 client may send each cookie in a field of its own; an HTTP/1.1 instance gets
+    // them in one line (RFC 9113 §8.2.3).
+    if out.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = out
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            out.insert(header::COOKIE, v);
+        }
+    }
     end_forwarded_for(&mut forwarded_for, 0, &peer.ip().to_string());
     if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
         out.insert(HeaderName::from_static("x-forwarded-for"), v);
@@ -237,6 +249,22 @@ pub(crate) fn forwarded_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_in_fields_of_their_own_reach_the_instance_in_one_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None);
+        let cookies: Vec<_> = out.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        // One Cookie line stays as it is.
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None);
+        assert_eq!(out[header::COOKIE], "a=1; b=2");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
