@@ -175,6 +175,10 @@ impl AsyncWrite for Side<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // Checked here too: an instance that has finished sending is no longer read.
+        if self.keepalive.is_some() {
+            self.keep_alive(clock::now_ms());
+        }
         Pin::new(&mut *self.io).poll_write(cx, buf)
     }
 
