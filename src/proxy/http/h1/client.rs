@@ -96,7 +96,7 @@ pub(super) async fn send(
 ///
 /// # Errors
 /// [`SendFail::Unsent`] when no connection took the request, [`SendFail::Failed`] when it was
-/// written and no response head came, or a head that is not HTTP/1.1.
+/// written and no readable response head came.
 pub(crate) async fn send_bodiless(
     pool: &Arc<Pool>,
     addr: &Addr,
