@@ -8,7 +8,8 @@
 //! `Expect: 100-continue`, a head too large or no request at all) hands the connection, and the
 //! bytes read so far, to hyper for the rest of its life ([`Served::Elsewhere`]).
 //!
-//! - [`head`]: which requests this path takes, and the heads it writes.
+//! - [`head`]: which requests this path takes, and the head an instance gets.
+//! - [`response`]: how a response is framed, and the head the client gets back.
 //! - [`chunked`]: where a chunked body ends.
 //! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
@@ -20,6 +21,7 @@ pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod exchange;
 pub(crate) mod head;
+pub(crate) mod response;
 
 use std::net::SocketAddr;
 

@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::{Chunked, Piece};
-use super::head::{line, parse_response, Answer, Emit, Framing, ResponseHead, MAX_HEADERS};
+use super::head::{line, MAX_HEADERS};
+use super::response::{parse_response, Answer, Emit, Framing, ResponseHead};
 use crate::addr::Addr;
 use crate::proxy::http::body::{BodyError, RequestBody};
 use crate::proxy::http::pool::Pool;

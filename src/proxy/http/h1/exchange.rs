@@ -14,10 +14,8 @@ use tracing::debug;
 use super::chunked::{BadChunk, Chunked};
 use super::client::{send, SendFail, MAX_READ, READ_SIZE};
 use super::deadline::Deadline;
-use super::head::{
-    end_request, parse_response, write_answer, write_request, Framing, RequestHead, ResponseHead,
-    Written,
-};
+use super::head::{end_request, write_request, RequestHead};
+use super::response::{parse_response, write_answer, Framing, ResponseHead, Written};
 use crate::addr::Addr;
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
