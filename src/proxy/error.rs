@@ -77,6 +77,13 @@ pub(crate) enum ProxyError {
         /// The request's method.
         method: String,
     },
+    /// HTTP: a request whose Connection header lists a header that frames or routes it, which
+    /// each hop would then be asked to drop: its framing is ambiguous, so it is not forwarded.
+    #[error("the Connection header lists {name}, which frames the request; refused as ambiguous")]
+    FramingListed {
+        /// The header listed.
+        name: &'static str,
+    },
     /// HTTP: a CONNECT request; cairn is not a forward proxy.
     #[error("CONNECT is not served: cairn forwards requests to services, it opens no tunnels")]
     Connect,
@@ -92,7 +99,9 @@ impl ProxyError {
             | ProxyError::SwitchedUnasked { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UnknownService { .. } | ProxyError::NoHost => StatusCode::NOT_FOUND,
-            ProxyError::Asterisk { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Asterisk { .. } | ProxyError::FramingListed { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -112,7 +121,9 @@ impl ProxyError {
                 &metrics.upstream_errors
             }
             ProxyError::UnknownService { .. } | ProxyError::NoHost => &metrics.not_found,
-            ProxyError::Asterisk { .. } | ProxyError::Connect => return,
+            ProxyError::Asterisk { .. }
+            | ProxyError::FramingListed { .. }
+            | ProxyError::Connect => return,
         };
         counter.inc();
     }

@@ -20,4 +20,5 @@ mod operate;
 mod page;
 mod register;
 mod secure;
+mod smuggling;
 mod tcp;

@@ -39,6 +39,8 @@ pub enum Reply {
     Ok,
     /// These exact bytes, then close.
     Raw(&'static [u8]),
+    /// These exact bytes for every request, keeping the connection open.
+    Each(&'static [u8]),
     /// As `Ok`, after this long: a slow instance.
     Slow(Duration),
 }
@@ -113,6 +115,7 @@ async fn serve(mut stream: TcpStream, reply: Reply, log: Arc<Mutex<Vec<Received>
                 let _ = stream.write_all(bytes).await;
                 true
             }
+            Reply::Each(bytes) => stream.write_all(bytes).await.is_err(),
         };
         if done {
             return;

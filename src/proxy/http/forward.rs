@@ -84,7 +84,14 @@ impl Forwarder {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let host = request_host(&parts.headers, &parts.uri);
-        let headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref());
+        // hyper has framed the body (a Content-Length only when no Transfer-Encoding came): the
+        // instance gets the length it decided, never the client's header as it came.
+        let length = parts
+            .headers
+            .contains_key(header::CONTENT_LENGTH)
+            .then(|| body.size_hint().exact())
+            .flatten();
+        let headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref(), length);
         let client_host = host.and_then(|h| HeaderValue::from_str(h).ok());
         let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
         let mut upstream = Request::new(RequestBody::of(body.as_ref()));

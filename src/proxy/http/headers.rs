@@ -119,15 +119,27 @@ impl<'a> Listed<'a> {
     }
 
     /// Whether a header `name` (any case) is hop-by-hop: one of [`HOP_BY_HOP`], a `Proxy-*`
-    /// header, or one listed.
+    /// header, or one listed. A header that frames or routes the message is never hop-by-hop
+    /// by being listed: whether it goes on is decided from the framing, not by a generic rule.
     pub(crate) fn is_hop_by_hop(&self, name: &str) -> bool {
         HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
             || name
                 .get(..6)
                 .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
-            || self.has(name)
+            || (self.has(name) && !FRAMING.iter().any(|h| h.eq_ignore_ascii_case(name)))
+    }
+
+    /// The first header listed that frames or routes a message. A request that lists one asks
+    /// each hop to drop the header that says where its body ends (or which service it is for):
+    /// one hop would frame it one way and the next another, which is how requests are smuggled.
+    pub(crate) fn framing(&self) -> Option<&'static str> {
+        FRAMING.into_iter().find(|name| self.has(name))
     }
 }
+
+/// Headers that decide where a message ends or where a request goes. A proxy writes them from
+/// what it decided, and a Connection header that lists one makes a request ambiguous.
+const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed = Listed::new(
@@ -152,8 +164,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) enum Fate {
     /// Forwarded as it is.
     Keep,
-    /// Dropped: hop-by-hop, Host (set per attempt), Expect (the 100-continue exchange already
-    /// happened with cairn), or an X-Forwarded-* header cairn sets itself.
+    /// Dropped: hop-by-hop, a framing header (cairn writes the framing it decided), Host (set
+    /// per attempt), Expect (the 100-continue exchange already happened with cairn), or an
+    /// X-Forwarded-* header cairn sets itself.
     Drop,
     /// Joined into the X-Forwarded-For cairn sends.
     ForwardedFor,
@@ -165,6 +178,7 @@ pub(crate) fn fate(name: &str, listed: &Listed<'_>) -> Fate {
     if is("x-forwarded-for") {
         Fate::ForwardedFor
     } else if listed.is_hop_by_hop(name)
+        || is("content-length")
         || is("host")
         || is("expect")
         || is("x-forwarded-proto")
@@ -184,6 +198,34 @@ pub(crate) fn join_forwarded_for(out: &mut Vec<u8>, start: usize, value: &[u8]) 
     out.extend_from_slice(value);
 }
 
+/// A number's decimal digits, written on the stack: the Content-Length cairn writes from the
+/// length it decided.
+pub(crate) struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub(crate) fn new(n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut left = n;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (left % 10) as u8;
+            left /= 10;
+            if left == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
 /// Ends the X-Forwarded-For list that starts at `out[start..]` with the client's address.
 pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, ip: &str) {
     if out.len() > start {
@@ -192,12 +234,14 @@ pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, ip: &str) {
     out.extend_from_slice(ip.as_bytes());
 }
 
-/// The headers sent upstream: the client's, minus those [`fate`] drops, plus X-Forwarded-*.
+/// The headers sent upstream: the client's, minus those [`fate`] drops, plus X-Forwarded-*, and
+/// a Content-Length of `length` when the body's length was declared and decided.
 pub(crate) fn forwarded_headers(
     client: &HeaderMap,
     peer: SocketAddr,
     host: Option<&str>,
     upgrade: Option<&HeaderValue>,
+    length: Option<u64>,
 ) -> HeaderMap {
     let listed = Listed::new(
         client
@@ -239,6 +283,9 @@ pub(crate) fn forwarded_headers(
     if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         out.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
+    if let Some(n) = length {
+        out.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     if let Some(protocol) = upgrade {
         out.insert(header::UPGRADE, protocol.clone());
         out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -256,13 +303,13 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         h.append(header::COOKIE, HeaderValue::from_static("c=3"));
-        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None);
+        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None, None);
         let cookies: Vec<_> = out.get_all(header::COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2; c=3"]);
         // One Cookie line stays as it is.
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
-        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None);
+        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None, None);
         assert_eq!(out[header::COOKIE], "a=1; b=2");
     }
 
@@ -286,7 +333,13 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        let out = forwarded_headers(&h, "127.0.0.9:5000".parse().unwrap(), Some("orders"), None);
+        let out = forwarded_headers(
+            &h,
+            "127.0.0.9:5000".parse().unwrap(),
+            Some("orders"),
+            None,
+            None,
+        );
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         for gone in [
             "connection",
@@ -310,9 +363,50 @@ mod tests {
             "127.0.0.9:5000".parse().unwrap(),
             None,
             Some(&HeaderValue::from_static("websocket")),
+            None,
         );
         assert_eq!(up[header::UPGRADE], "websocket");
         assert_eq!(up[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn framing_headers_are_written_from_the_decided_length_never_copied() {
+        // The client's Content-Length (listed in Connection, or not, or twice) never goes on
+        // as it came: the instance gets the length the body was framed with.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("content-length"),
+        );
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("66"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("66"));
+        let peer = "10.0.0.9:5000".parse().unwrap();
+        let out = forwarded_headers(&h, peer, None, None, Some(66));
+        let lengths: Vec<_> = out.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["66"]);
+        let out = forwarded_headers(&h, peer, None, None, None);
+        assert!(!out.contains_key(header::CONTENT_LENGTH));
+        // Whether a Connection header lists a framing header is told, in any case.
+        for (value, named) in [
+            (&b"Content-Length"[..], Some("content-length")),
+            (b"keep-alive, TRANSFER-ENCODING", Some("transfer-encoding")),
+            (b"host", Some("host")),
+            (b"te, keep-alive, close", None),
+            (b"content-lengthx", None),
+        ] {
+            assert_eq!(Listed::new([value].into_iter()).framing(), named);
+        }
+        // A response's Content-Length stays, listed or not.
+        let listed = Listed::new([&b"content-length, x-a"[..]].into_iter());
+        assert!(!listed.is_hop_by_hop("Content-Length"));
+        assert!(listed.is_hop_by_hop("x-a"));
+    }
+
+    #[test]
+    fn decimals_are_written_as_digits() {
+        for n in [0, 7, 10, 66, 1234567890, u64::MAX] {
+            assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::activity::{Activity, Tracked};
 use super::body::ProxyBody;
 use super::forward::Forwarder;
 use super::h1::{self, Served, Site};
-use super::headers::{request_host, ALLOWED};
+use super::headers::{request_host, Listed, ALLOWED};
 use super::prefixed::Prefixed;
 use super::routes::{Routes, Routing};
 use super::side::Side;
@@ -185,6 +185,17 @@ impl HttpListener {
         if req.method() == Method::CONNECT {
             return self.forwarder.answer(&ProxyError::Connect);
         }
+        let listed = Listed::new(
+            req.headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        if let Some(name) = listed.framing() {
+            debug!(%peer, name, "request lists a framing header in Connection, refused");
+            return self.forwarder.answer(&ProxyError::FramingListed { name });
+        }
+        drop(listed);
         if req.uri() == "*" {
             // Asterisk-form asks about the server, not a resource: cairn answers for itself
             // instead of building an upstream URI out of "*".

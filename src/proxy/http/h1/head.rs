@@ -7,7 +7,7 @@ use std::ops::Range;
 use httparse::{Header, Status};
 
 use crate::proxy::http::headers::{
-    end_forwarded_for, fate, join_forwarded_for, Fate, HeaderValues, Listed,
+    end_forwarded_for, fate, join_forwarded_for, Decimal, Fate, HeaderValues, Listed,
 };
 
 /// The most headers a request or response may carry, as hyper allows.
@@ -47,8 +47,10 @@ pub(super) struct RequestHead<'b> {
     pub(super) host: Range<usize>,
     /// The head's length in bytes; the body follows.
     pub(super) len: usize,
-    /// The body's length.
+    /// The body's length, as its one Content-Length declared it (0 without one).
     pub(super) body: usize,
+    /// The client sent a Content-Length: the instance gets one too, written from `body`.
+    pub(super) declared: bool,
     /// The client asked to close the connection after this request.
     pub(super) close: bool,
 }
@@ -107,7 +109,12 @@ pub(super) fn parse_request<'b>(
                 _ => return Read::Elsewhere,
             }
         } else if is("connection") {
-            close |= Listed::tokens(h.value).any(|t| t.eq_ignore_ascii_case("close"));
+            let listed = Listed::new(std::iter::once(h.value));
+            // hyper's side refuses a request whose Connection lists a framing header.
+            if listed.framing().is_some() {
+                return Read::Elsewhere;
+            }
+            close |= listed.has("close");
         }
     }
     let Some(host) = host else {
@@ -123,6 +130,7 @@ pub(super) fn parse_request<'b>(
         host,
         len,
         body,
+        declared: lengths == 1,
         close,
     })
 }
@@ -138,7 +146,8 @@ pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Writes the head an instance gets for `req` into `out`, all but the Host line and the blank
-/// line that ends it, which each attempt adds.
+/// line that ends it, which each attempt adds. The client's framing headers are never copied:
+/// the Content-Length is written from the body's length as parsed.
 pub(super) fn write_request(req: &RequestHead<'_>, buf: &[u8], peer_ip: &str, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
@@ -161,6 +170,13 @@ pub(super) fn write_request(req: &RequestHead<'_>, buf: &[u8], peer_ip: &str, ou
     end_forwarded_for(out, start, peer_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     line(out, b"x-forwarded-host", &buf[req.host.clone()]);
+    if req.declared {
+        line(
+            out,
+            b"content-length",
+            Decimal::new(req.body as u64).as_bytes(),
+        );
+    }
 }
 
 pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -225,6 +241,10 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: +1\r\n\r\nx",
             b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 65537\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost web\r\n\r\n",
+            // A Connection that lists a framing header: hyper's side refuses it.
+            b"POST /a HTTP/1.1\r\nHost: web\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx",
+            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, Host\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\nConnection: transfer-encoding\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ] {
             assert_eq!(
@@ -254,5 +274,29 @@ mod tests {
             "GET /p HTTP/1.1\r\nX-Kept: yes\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n\
              x-forwarded-proto: http\r\nx-forwarded-host: Orders\r\nhost: orders\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_instance_gets_the_content_length_cairn_framed_the_body_with() {
+        let bytes = b"POST /p HTTP/1.1\r\nContent-Length: 007\r\nHost: web\r\n\r\nabcdefg";
+        let mut headers = request_headers();
+        let Read::Request(req) = parse_request(bytes, &mut headers, 8192) else {
+            panic!("not taken");
+        };
+        assert_eq!((req.body, req.declared), (7, true));
+        let mut out = Vec::new();
+        write_request(&req, bytes, PEER, &mut out);
+        let head = String::from_utf8(out).unwrap();
+        assert_eq!(head.matches("ontent-").count(), 1, "{head}");
+        assert!(head.ends_with("content-length: 7\r\n"), "{head}");
+        // No Content-Length came, none goes.
+        let bytes = b"DELETE /p HTTP/1.1\r\nHost: web\r\n\r\n";
+        let mut headers = request_headers();
+        let Read::Request(req) = parse_request(bytes, &mut headers, 8192) else {
+            panic!("not taken");
+        };
+        let mut out = Vec::new();
+        write_request(&req, bytes, PEER, &mut out);
+        assert!(!String::from_utf8(out).unwrap().contains("ontent-"));
     }
 }

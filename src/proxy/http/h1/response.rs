@@ -7,7 +7,7 @@ use http::StatusCode;
 use httparse::Status;
 
 use super::head::{line, parse_length, MAX_HEADERS};
-use crate::proxy::http::headers::{HeaderValues, Listed};
+use crate::proxy::http::headers::{Decimal, HeaderValues, Listed};
 
 /// The largest response head accepted from an instance.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -148,14 +148,16 @@ pub(super) fn parse_response(
         let keep = if te {
             // A body passed on chunked as it came takes its coding along.
             framing == Framing::Chunked || (framing == Framing::Empty && chunked.is_some())
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            chunked.is_none()
         } else {
-            !listed.is_hop_by_hop(h.name)
+            // The Content-Length is written below from the framing decided, once.
+            !h.name.eq_ignore_ascii_case("content-length") && !listed.is_hop_by_hop(h.name)
         };
         if keep {
             emit.header(h.name, h.value, te);
         }
+    }
+    if let (None, Some(n)) = (chunked, length) {
+        emit.header("content-length", Decimal::new(n).as_bytes(), false);
     }
     emit.end(framing == Framing::UntilClose);
     Ok(Answer::Head(ResponseHead {
@@ -226,7 +228,17 @@ mod tests {
         let (h, out) = head_of(b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nok\n", false, false);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+
+        // The Content-Length is cairn's, written once from the framing: listed in Connection
+        // or sent twice, it still frames the body the client gets.
+        let (h, out) = head_of(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            false,
+        );
+        assert_eq!(h.framing, Framing::Length(2));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n");
 
         // Chunked wins over a Content-Length, which the client never sees.
         let (h, out) = head_of(
@@ -254,7 +266,7 @@ mod tests {
         assert_eq!(h.framing, Framing::Empty);
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
         );
         for code in [204, 304] {
             let bytes = format!("HTTP/1.1 {code} X\r\nConnection: close\r\n\r\n");
