@@ -263,6 +263,7 @@ impl Plane {
                 metrics,
                 tunnels: self.shared.tracker.clone(),
                 abort: abort.clone(),
+                idle_timeout: limits.idle_timeout,
             },
             limits,
         });

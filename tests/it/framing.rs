@@ -165,3 +165,68 @@ async fn an_upstream_connection_the_instance_closed_is_never_written_to() {
     assert_eq!(up.received().len(), 3);
     assert_eq!(up.connections(), 3);
 }
+
+/// Reads from `s` until it ends (a close or a reset) and returns what came, or `None` when it
+/// was still open after `within`.
+async fn until_cut(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(got)
+}
+
+#[tokio::test]
+async fn an_instance_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    let (_etcd, _up, cairn) = http_setup(
+        Reply::Stall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+        "idle_timeout = \"500ms\"",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(cairn.listen(0))
+        .await
+        .unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_cut(&mut s, crate::support::patient(Duration::from_secs(10)))
+        .await
+        .expect("the client was held while the instance sent nothing");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.ends_with("\r\n\r\npartial"), "{got}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+    reply.resize(reply.len() + SIZE, b'x');
+    let (_etcd, _up, cairn) = http_setup(
+        Reply::Raw(Box::leak(reply.into_boxed_slice())),
+        "idle_timeout = \"500ms\"",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(cairn.listen(0))
+        .await
+        .unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    // Reads nothing for four idle timeouts: cairn's writes stop making progress.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = until_cut(&mut s, crate::support::patient(Duration::from_secs(10)))
+        .await
+        .expect("the connection was still open");
+    assert!(
+        got.len() < SIZE,
+        "the whole body arrived: the client was never cut"
+    );
+}

@@ -227,3 +227,22 @@ async fn h2c_fails_over_a_refused_instance_and_times_out_a_slow_one() {
     let got = request(&mut h2(cairn.listen(0)).await, Method::GET, "/slow").await;
     assert_eq!(got.status, Some(StatusCode::GATEWAY_TIMEOUT), "{got:?}");
 }
+
+#[tokio::test]
+async fn h2c_gets_a_stream_error_when_the_instance_stalls_mid_body() {
+    let (_etcd, _up, cairn) = http_setup(
+        Reply::Stall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+        "idle_timeout = \"500ms\"",
+    )
+    .await;
+    let mut send = h2(cairn.listen(0)).await;
+    let got = tokio::time::timeout(
+        crate::support::patient(Duration::from_secs(10)),
+        request(&mut send, Method::GET, "/stall"),
+    )
+    .await
+    .expect("the stream was held while the instance sent nothing");
+    assert_eq!(got.status, Some(StatusCode::OK), "{got:?}");
+    assert_eq!(got.body, b"partial", "{got:?}");
+    assert!(got.error.is_some(), "a stalled body ended cleanly: {got:?}");
+}

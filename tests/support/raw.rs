@@ -41,6 +41,8 @@ pub enum Reply {
     Raw(&'static [u8]),
     /// These exact bytes for every request, keeping the connection open.
     Each(&'static [u8]),
+    /// These exact bytes, then nothing more, the connection held open: a stalled instance.
+    Stall(&'static [u8]),
     /// As `Ok`, after this long: a slow instance.
     Slow(Duration),
 }
@@ -116,6 +118,17 @@ async fn serve(mut stream: TcpStream, reply: Reply, log: Arc<Mutex<Vec<Received>
                 true
             }
             Reply::Each(bytes) => stream.write_all(bytes).await.is_err(),
+            Reply::Stall(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                // Held (and drained, so cairn's writes never block) until cairn closes it.
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                true
+            }
         };
         if done {
             return;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -36,6 +37,8 @@ pub(crate) struct Forwarder {
     pub(crate) tunnels: TaskTracker,
     /// Fires when the grace period is over; tunnels end then.
     pub(crate) abort: CancellationToken,
+    /// How long a response body read by cairn's own client may go without a byte.
+    pub(crate) idle_timeout: Duration,
 }
 
 impl Forwarder {
@@ -112,7 +115,7 @@ impl Forwarder {
             let inflight = attempts.begin();
             if upgrade.is_none() && body.is_none() {
                 // No body to stream and no connection to hand over: cairn's own client.
-                let sent = send_bodiless(&route.pool, &addr, &upstream);
+                let sent = send_bodiless(&route.pool, &addr, &upstream, self.idle_timeout);
                 let cause = match self.wait(route, &addr, sent).await? {
                     Ok(resp) => {
                         attempts.answered(&addr, resp.status());

@@ -9,6 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::{Chunked, Piece};
+use super::deadline::Deadline;
 use super::head::{line, MAX_HEADERS};
 use super::response::{parse_response, Answer, Emit, Framing, ResponseHead};
 use crate::addr::Addr;
@@ -102,6 +104,7 @@ pub(crate) async fn send_bodiless(
     pool: &Arc<Pool>,
     addr: &Addr,
     req: &Request<RequestBody>,
+    idle: Duration,
 ) -> Result<Response<BareBody>, SendFail> {
     let mut out = Vec::with_capacity(512);
     write_head(req, &mut out);
@@ -113,7 +116,7 @@ pub(crate) async fn send_bodiless(
     })
     .await?;
     read.advance(head.len);
-    let body = BareBody::new(up, read, &head, Arc::clone(pool), addr.clone());
+    let body = BareBody::new(up, read, &head, Arc::clone(pool), addr.clone(), idle);
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.headers_mut() = mapped.headers;
@@ -181,10 +184,21 @@ pub(crate) struct BareBody {
     want: usize,
     pool: Arc<Pool>,
     addr: Addr,
+    /// How long the instance may send nothing while the body is read.
+    idle: Duration,
+    /// When that runs out: armed at the first read that has to wait, moved by each read.
+    stall: Option<Deadline>,
 }
 
 impl BareBody {
-    fn new(io: TcpStream, buf: BytesMut, head: &ResponseHead, pool: Arc<Pool>, addr: Addr) -> Self {
+    fn new(
+        io: TcpStream,
+        buf: BytesMut,
+        head: &ResponseHead,
+        pool: Arc<Pool>,
+        addr: Addr,
+        idle: Duration,
+    ) -> Self {
         let left = match head.framing {
             Framing::Empty | Framing::Length(0) => Left::Done,
             Framing::Length(n) => Left::Length(n),
@@ -199,6 +213,8 @@ impl BareBody {
             want: READ_SIZE,
             pool,
             addr,
+            idle,
+            stall: None,
         };
         if body.left == Left::Done {
             body.release();
@@ -264,9 +280,20 @@ impl BareBody {
         self.buf.reserve(self.want);
         let room = self.buf.capacity() - self.buf.len();
         loop {
-            ready!(io.poll_read_ready(cx))?;
+            if io.poll_read_ready(cx)?.is_pending() {
+                let idle = self.idle;
+                let stall = self.stall.get_or_insert_with(|| Deadline::after(idle));
+                ready!(stall.poll_passed(cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the instance sent nothing of the response body within the idle timeout",
+                )));
+            }
             match io.try_read_buf(&mut self.buf) {
                 Ok(got) => {
+                    if let Some(stall) = &mut self.stall {
+                        stall.reset(self.idle);
+                    }
                     // A read that fills the buffer says a large body is streaming: larger reads
                     // then take fewer system calls per byte.
                     if got == room && self.want < MAX_READ {

@@ -3,7 +3,9 @@
 //! later. Deadlines that only move later (the next head's, the next response's) then cost no
 //! timer operation per request, where a `timeout` per request registers and removes one.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -34,10 +36,15 @@ impl Deadline {
 
     /// Resolves once the deadline has passed.
     pub(super) async fn passed(&mut self) {
+        std::future::poll_fn(|cx| self.poll_passed(cx)).await;
+    }
+
+    /// Ready once the deadline has passed; the task is woken then.
+    pub(super) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            self.sleep.as_mut().await;
+            ready!(self.sleep.as_mut().poll(cx));
             if Instant::now() >= self.at {
-                return;
+                return Poll::Ready(());
             }
             let at = self.at;
             self.sleep.as_mut().reset(at);

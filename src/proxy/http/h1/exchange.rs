@@ -1,9 +1,11 @@
 //! One request on cairn's own HTTP/1.1 path: the instances it tries, the bare socket it is
 //! written to, and the response passed back to the client as it comes.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
@@ -91,7 +93,7 @@ impl<'a> Exchange<'a> {
         };
         let open = match sent {
             Ok(open) => open,
-            Err(e) => self.answer(site, &e, req.close).await,
+            Err(e) => self.answer(site, &e, req.close, timer).await,
         };
         open.then_some(used)
     }
@@ -141,7 +143,12 @@ impl<'a> Exchange<'a> {
                 Ok((up, read, head)) => {
                     attempts.answered(&addr, head.status);
                     // The request stays in flight on its instance until the body has been sent.
-                    let relayed = self.relay(up, read, head, close, &route.pool, addr.clone());
+                    let idle = Idle {
+                        after: site.limits.idle_timeout,
+                        deadline: timer,
+                    };
+                    let relayed =
+                        self.relay(up, read, head, close, idle, &route.pool, addr.clone());
                     let open = relayed.await.map_err(|e| ProxyError::Upstream {
                         service: route.service.clone(),
                         addr,
@@ -165,13 +172,16 @@ impl<'a> Exchange<'a> {
 
     /// Passes the response whose head is in `out` and whose first bytes are in `read` to the
     /// client, then keeps the instance's socket if it can serve another request. Returns
-    /// whether the client connection stays open.
+    /// whether the client connection stays open. A client that reads nothing and an instance
+    /// that sends nothing for `idle.after` end both connections.
+    #[allow(clippy::too_many_arguments)]
     async fn relay(
         &mut self,
         mut up: TcpStream,
         mut read: BytesMut,
         head: ResponseHead,
         close: bool,
+        mut idle: Idle<'_>,
         pool: &Arc<Pool>,
         addr: Addr,
     ) -> Result<bool, BadChunk> {
@@ -186,12 +196,13 @@ impl<'a> Exchange<'a> {
             read.advance(n);
             n = 0;
         }
-        if self.client.write_all(&self.out).await.is_err() {
+        idle.progress();
+        if idle.write(&mut self.client, &self.out).await.is_err() {
             return Ok(false);
         }
         loop {
             if n > 0 {
-                if self.client.write_all(&read[..n]).await.is_err() {
+                if idle.write(&mut self.client, &read[..n]).await.is_err() {
                     return Ok(false);
                 }
                 read.advance(n);
@@ -205,7 +216,15 @@ impl<'a> Exchange<'a> {
             }
             read.reserve(want);
             let room = read.capacity();
-            match up.read_buf(&mut read).await {
+            let got = tokio::select! {
+                biased;
+                got = up.read_buf(&mut read) => got,
+                _ = idle.deadline.passed() => {
+                    debug!(%addr, "instance sent nothing of the response body within the idle timeout");
+                    return Ok(false);
+                }
+            };
+            match got {
                 Ok(0) if left == Remaining::UntilClose => break,
                 Ok(0) | Err(_) => {
                     debug!(%addr, "instance closed before the end of the response body");
@@ -216,6 +235,7 @@ impl<'a> Exchange<'a> {
                 Ok(got) if got == room && want < MAX_READ => want *= 2,
                 Ok(_) => {}
             }
+            idle.progress();
             n = match left.take(&read) {
                 Ok(n) => n,
                 Err(e) => {
@@ -232,11 +252,56 @@ impl<'a> Exchange<'a> {
 
     /// Answers the client with cairn's own one-line text. Returns whether the connection stays
     /// open.
-    async fn answer(&mut self, site: &Site<'_>, e: &ProxyError, close: bool) -> bool {
+    async fn answer(
+        &mut self,
+        site: &Site<'_>,
+        e: &ProxyError,
+        close: bool,
+        timer: &mut Deadline,
+    ) -> bool {
         e.count(site.metrics);
         let close = close || self.drained.load(Ordering::Relaxed);
         write_answer(&mut self.out, e.status(), &e.line(), close);
-        self.client.write_all(&self.out).await.is_ok() && !close
+        let mut idle = Idle {
+            after: site.limits.idle_timeout,
+            deadline: timer,
+        };
+        idle.progress();
+        idle.write(&mut self.client, &self.out).await.is_ok() && !close
+    }
+}
+
+/// The idle timeout while a response streams: each read from the instance and each write to
+/// the client that makes progress moves the deadline; one that makes none before it passes ends
+/// the exchange.
+struct Idle<'d> {
+    after: Duration,
+    deadline: &'d mut Deadline,
+}
+
+impl Idle<'_> {
+    fn progress(&mut self) {
+        self.deadline.reset(self.after);
+    }
+
+    /// Writes `bytes` to `io`, giving up when a write makes no progress within the timeout.
+    async fn write(&mut self, io: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = tokio::select! {
+                biased;
+                n = io.write(bytes) => n?,
+                _ = self.deadline.passed() => {
+                    debug!("client read nothing of the response within the idle timeout");
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
+            self.progress();
+        }
+        Ok(())
     }
 }
 
