@@ -19,6 +19,8 @@
 pub(crate) mod chunked;
 pub(crate) mod client;
 pub(crate) mod deadline;
+#[cfg(test)]
+mod differential;
 pub(crate) mod exchange;
 pub(crate) mod head;
 pub(crate) mod response;
