@@ -79,7 +79,7 @@ pub(super) fn parse_request<'b>(
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Read::Elsewhere;
     };
-    if method == "CONNECT" || !path.starts_with('/') {
+    if method == "CONNECT" || !plain_target(path.as_bytes()) {
         return Read::Elsewhere;
     }
     let mut host = None;
@@ -133,6 +133,25 @@ pub(super) fn parse_request<'b>(
         declared: lengths == 1,
         close,
     })
+}
+
+/// Whether `target` is an origin-form target hyper's server takes as it is: the bytes the
+/// `http` crate accepts unencoded in a path and a query (httparse accepts more, such as `<` and
+/// `>`, which hyper refuses), ASCII only, and no fragment (which hyper strips). Anything else
+/// is hyper's to refuse or forward.
+fn plain_target(target: &[u8]) -> bool {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(at) => (&target[..at], &target[at + 1..]),
+        None => (target, &[][..]),
+    };
+    path.first() == Some(&b'/')
+        && target.len() < usize::from(u16::MAX)
+        && path
+            .iter()
+            .all(|b| matches!(b, 0x21 | 0x22 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7E))
+        && query
+            .iter()
+            .all(|b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E))
 }
 
 /// A Content-Length value: digits only.
@@ -229,6 +248,10 @@ mod tests {
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
             b"GET / HTTP/1.0\r\nHost: web\r\n\r\n",
             b"GET http://web/ HTTP/1.1\r\nHost: web\r\n\r\n",
+            // Targets hyper refuses or rewrites (httparse takes them).
+            b"GET /a>b HTTP/1.1\r\nHost: web\r\n\r\n",
+            b"GET /a?b\"c HTTP/1.1\r\nHost: web\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\nHost: web\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n",
             b"CONNECT web:443 HTTP/1.1\r\nHost: web\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
