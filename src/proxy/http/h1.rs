@@ -10,7 +10,8 @@
 //!
 //! - [`head`]: which requests this path takes, and the head an instance gets.
 //! - [`response`]: how a response is framed, and the head the client gets back.
-//! - [`chunked`]: where a chunked body ends.
+//! - [`framing`]: where a body ends, for the relay (as it came) and the decoder alike.
+//! - [`chunked`]: the chunked coding, byte by byte.
 //! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
 //! - [`client`]: the instance's side: a request sent on a bare pooled socket and its response
@@ -22,6 +23,7 @@ pub(crate) mod deadline;
 #[cfg(test)]
 mod differential;
 pub(crate) mod exchange;
+pub(crate) mod framing;
 pub(crate) mod head;
 pub(crate) mod response;
 

@@ -19,10 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::chunked::{Chunked, Piece};
+use super::chunked::Piece;
 use super::deadline::Deadline;
+use super::framing::{Framing, Left};
 use super::head::{line, MAX_HEADERS};
-use super::response::{parse_response, Answer, Emit, Framing, ResponseHead};
+use super::response::{parse_response, Answer, Emit, ResponseHead};
 use crate::addr::Addr;
 use crate::proxy::http::body::{BodyError, RequestBody};
 use crate::proxy::http::pool::Pool;
@@ -162,15 +163,6 @@ impl Emit for Mapped {
     fn end(&mut self, _until_close: bool) {}
 }
 
-/// What is left of a body being decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Left {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-    Done,
-}
-
 /// A response body read from an instance's bare socket, decoded into data frames (and a
 /// trailers frame when a chunked body ends with some). Read to its end, the socket goes back to
 /// the pool if the instance keeps it open; dropped before, the socket is closed.
@@ -199,12 +191,7 @@ impl BareBody {
         addr: Addr,
         idle: Duration,
     ) -> Self {
-        let left = match head.framing {
-            Framing::Empty | Framing::Length(0) => Left::Done,
-            Framing::Length(n) => Left::Length(n),
-            Framing::Chunked => Left::Chunked(Chunked::new()),
-            Framing::UntilClose => Left::UntilClose,
-        };
+        let left = Left::new(head.framing);
         let mut body = BareBody {
             io: Some(io),
             buf,
@@ -216,7 +203,7 @@ impl BareBody {
             idle,
             stall: None,
         };
-        if body.left == Left::Done {
+        if body.left.is_done() {
             body.release();
         }
         body
@@ -232,44 +219,33 @@ impl BareBody {
         }
     }
 
-    /// The next frame from the bytes read so far: `None` when more must be read first.
+    /// The next frame from the bytes read so far: `None` when more must be read first, or when
+    /// the body is over.
     fn next_frame(&mut self) -> Result<Option<Frame<Bytes>>, BodyError> {
-        match &mut self.left {
-            Left::Done => Ok(None),
-            Left::Length(left) => {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = (*left).min(self.buf.len() as u64);
-                *left -= n;
-                let data = self.buf.split_to(n as usize).freeze();
-                if *left == 0 {
-                    self.release();
-                }
-                Ok(Some(Frame::data(data)))
-            }
-            Left::UntilClose => {
-                Ok((!self.buf.is_empty()).then(|| Frame::data(self.buf.split().freeze())))
-            }
-            Left::Chunked(chunked) => match chunked.decode(&self.buf)? {
+        while !self.left.is_done() {
+            match self.left.decode(&self.buf)? {
                 Piece::Data { skip, len } => {
                     self.buf.advance(skip);
-                    if len == 0 {
-                        return self.next_frame();
+                    let data = self.buf.split_to(len).freeze();
+                    if self.left.is_done() {
+                        self.release();
                     }
-                    Ok(Some(Frame::data(self.buf.split_to(len).freeze())))
+                    if len > 0 {
+                        return Ok(Some(Frame::data(data)));
+                    }
                 }
                 Piece::End(n) => {
                     let section = self.buf.split_to(n);
                     self.release();
-                    trailers(&section).map(|t| t.map(Frame::trailers))
+                    return trailers(&section).map(|t| t.map(Frame::trailers));
                 }
                 Piece::More if self.buf.len() > MAX_TRAILERS => {
-                    Err("response trailers over 64 KiB".into())
+                    return Err("response trailers over 64 KiB".into())
                 }
-                Piece::More => Ok(None),
-            },
+                Piece::More => return Ok(None),
+            }
         }
+        Ok(None)
     }
 
     /// Reads more of the body; `Ok(0)` at the instance's close.
@@ -339,7 +315,7 @@ impl Body for BareBody {
         loop {
             match this.next_frame() {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(None) if this.left == Left::Done => return Poll::Ready(None),
+                Ok(None) if this.left.is_done() => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(e) => {
                     debug!(addr = %this.addr, error = %e, "broken response body");
@@ -348,8 +324,7 @@ impl Body for BareBody {
                 }
             }
             match ready!(this.poll_fill(cx)) {
-                Ok(0) if this.left == Left::UntilClose => {
-                    this.left = Left::Done;
+                Ok(0) if this.left.closed() => {
                     this.io = None;
                     return Poll::Ready(None);
                 }
@@ -369,15 +344,13 @@ impl Body for BareBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == Left::Done
+        self.left.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Left::Done => SizeHint::with_exact(0),
-            Left::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.left
+            .len()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 

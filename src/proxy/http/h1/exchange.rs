@@ -13,9 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::chunked::{BadChunk, Chunked};
+use super::chunked::BadChunk;
 use super::client::{send, SendFail, MAX_READ, READ_SIZE};
 use super::deadline::Deadline;
+use super::framing::Left;
 use super::head::{end_request, write_request, RequestHead};
 use super::response::{parse_response, write_answer, Framing, ResponseHead, Written};
 use crate::addr::Addr;
@@ -186,7 +187,7 @@ impl<'a> Exchange<'a> {
         addr: Addr,
     ) -> Result<bool, BadChunk> {
         read.advance(head.len);
-        let mut left = Remaining::new(head.framing);
+        let mut left = Left::new(head.framing);
         let mut want = READ_SIZE;
         // A body broken from its first bytes is found before the client gets anything: it is
         // answered with a 502, not with a head and a cut.
@@ -225,7 +226,7 @@ impl<'a> Exchange<'a> {
                 }
             };
             match got {
-                Ok(0) if left == Remaining::UntilClose => break,
+                Ok(0) if left.closed() => break,
                 Ok(0) | Err(_) => {
                     debug!(%addr, "instance closed before the end of the response body");
                     return Ok(false);
@@ -302,48 +303,5 @@ impl Idle<'_> {
             self.progress();
         }
         Ok(())
-    }
-}
-
-/// What is left of a response body.
-#[derive(Debug, PartialEq, Eq)]
-enum Remaining {
-    /// This many bytes.
-    Length(u64),
-    /// Chunks, up to the last.
-    Chunked(Chunked),
-    /// Everything up to the instance's close.
-    UntilClose,
-}
-
-impl Remaining {
-    fn new(framing: Framing) -> Remaining {
-        match framing {
-            Framing::Empty => Remaining::Length(0),
-            Framing::Length(n) => Remaining::Length(n),
-            Framing::Chunked => Remaining::Chunked(Chunked::new()),
-            Framing::UntilClose => Remaining::UntilClose,
-        }
-    }
-
-    /// How many of `bytes` belong to the body.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
-        match self {
-            Remaining::Length(left) => {
-                let n = (*left).min(bytes.len() as u64);
-                *left -= n;
-                Ok(n as usize)
-            }
-            Remaining::Chunked(c) => c.advance(bytes),
-            Remaining::UntilClose => Ok(bytes.len()),
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        match self {
-            Remaining::Length(left) => *left == 0,
-            Remaining::Chunked(c) => c.is_done(),
-            Remaining::UntilClose => false,
-        }
     }
 }

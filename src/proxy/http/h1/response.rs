@@ -6,24 +6,12 @@ use std::io::Write;
 use http::StatusCode;
 use httparse::Status;
 
+pub(crate) use super::framing::Framing;
 use super::head::{line, parse_length, MAX_HEADERS};
 use crate::proxy::http::headers::{Decimal, HeaderValues, Listed};
 
 /// The largest response head accepted from an instance.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// How a response's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    /// No body: a response to HEAD, a 204 or a 304.
-    Empty,
-    /// This many bytes.
-    Length(u64),
-    /// Chunked.
-    Chunked,
-    /// Up to the instance's close.
-    UntilClose,
-}
 
 /// A response head from an instance, rewritten for the client.
 #[derive(Debug)]
