@@ -362,6 +362,7 @@ fn balancing_mistakes_are_named() {
             "either tcp = true or http",
         ),
         ("[service.health]\nhttp = \"healthz\"\n", "must be a path"),
+        ("[service.health]\nhttp = \"/a<b>\"\n", "must be a path"),
         (
             "[service.health]\ntcp = true\ninterval = \"1s\"\ntimeout = \"2s\"\n",
             "at most 1s",

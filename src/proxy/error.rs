@@ -54,12 +54,6 @@ pub(crate) enum ProxyError {
         /// What went wrong.
         cause: String,
     },
-    /// HTTP: the instance answered `101 Switching Protocols` to a request that asked for none.
-    #[error("service \"{service}\": instance switched protocols unasked")]
-    SwitchedUnasked {
-        /// The service.
-        service: String,
-    },
     /// HTTP gateways: the Host names no known service.
     #[error("no service {name:?} in the registry (from Host {host:?})")]
     UnknownService {
@@ -94,9 +88,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoInstances { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Exhausted { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::SwitchedUnasked { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Exhausted { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UnknownService { .. } | ProxyError::NoHost => StatusCode::NOT_FOUND,
             ProxyError::Asterisk { .. } | ProxyError::FramingListed { .. } => {
@@ -117,9 +109,7 @@ impl ProxyError {
             ProxyError::NoInstances { .. } => &metrics.no_instances,
             ProxyError::Exhausted { .. } => &metrics.exhausted,
             ProxyError::Timeout { .. } => &metrics.timeouts,
-            ProxyError::Upstream { .. } | ProxyError::SwitchedUnasked { .. } => {
-                &metrics.upstream_errors
-            }
+            ProxyError::Upstream { .. } => &metrics.upstream_errors,
             ProxyError::UnknownService { .. } | ProxyError::NoHost => &metrics.not_found,
             ProxyError::Asterisk { .. }
             | ProxyError::FramingListed { .. }

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST, USER_AGENT};
-use http::{Request, Uri};
 use http_body_util::BodyExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -15,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::config::{HealthCheck, HealthProbe};
-use super::http::body::RequestBody;
-use super::http::pool::SendError;
+use super::http::h1::client::SendFail;
+use super::http::h1::decoded::send_request;
+use super::http::h1::head::{end_request, request_line};
+use super::http::h1::write::HeadSink;
 use super::http::routes::Route;
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
@@ -114,18 +114,14 @@ impl HealthChecker {
     }
 
     async fn get(&self, addr: &Addr, path: &str) -> Result<(), String> {
-        let uri: Uri = path.parse().map_err(|e| format!("bad check path: {e}"))?;
-        let mut req = Request::new(RequestBody::Empty);
-        *req.uri_mut() = uri;
-        if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-            req.headers_mut().insert(HOST, host);
-        }
-        req.headers_mut()
-            .insert(USER_AGENT, HeaderValue::from_static("cairn-health-check"));
-        let resp = self.route.pool.send(addr, req).await.map_err(|e| match e {
-            SendError::Unsent(cause, _) => cause,
-            SendError::Failed(e) => crate::text::causes(&e),
-        })?;
+        let mut out = Vec::with_capacity(128);
+        request_line(&mut out, "GET", path);
+        out.header("user-agent", b"cairn-health-check");
+        end_request(&mut out, addr.to_string().as_bytes());
+        let timeout = self.check.timeout;
+        let resp = send_request(&self.route.pool, addr, &mut out, None, false, timeout)
+            .await
+            .map_err(|(SendFail::Unsent(cause) | SendFail::Failed(cause))| cause)?;
         let status = resp.status();
         // Read the answer whole, so the connection goes back to the pool.
         resp.into_body()

@@ -6,26 +6,31 @@
 //! knowledge) on one port and speak HTTP/1.1 to instances over kept-alive connections that each
 //! request drives from its own task.
 //!
-//! Most HTTP/1.1 requests (a head, and a small body of known length or none) take cairn's own
-//! path, [`h1`], which reads and writes both sockets itself. Everything else, from h2c to
-//! chunked uploads and WebSocket upgrades, is served by hyper, to which such a connection is
-//! handed with the bytes already read. Of those requests, the ones without a body reach the
-//! instance through cairn's own client ([`h1::client`]) too; the rest through hyper's.
+//! Two server engines share each port. Most HTTP/1.1 requests (a head, and a small body of
+//! known length or none) take cairn's own path, [`h1`], which reads and writes both sockets
+//! itself. Everything else, from h2c to chunked uploads and WebSocket upgrades, is served by
+//! hyper, to which such a connection is handed with the bytes already read.
 //!
-//! A request is retried on another instance only when connecting failed, which means no byte of
-//! it reached an upstream: a request is never delivered twice.
+//! One client speaks to instances: cairn's own HTTP/1.1 client ([`h1::client`]) on bare pooled
+//! sockets, whichever engine served the request, with one head writer ([`h1::write`]) and one
+//! body state machine ([`h1::framing`]). hyper's client is kept for upgrades only, which need
+//! its hand-over of the connection; [`forward`] is where that choice is made.
+//!
+//! A request is retried on another instance only when nothing of it reached an upstream (the
+//! connect failed, or a kept-alive socket failed its first write): a request is never
+//! delivered twice.
 //!
 //! - [`listener`]: accepting clients, serving their connections, picking the route.
 //! - [`h1`]: cairn's own HTTP/1.1 path for the common requests, on bare sockets both ways.
 //! - [`prefixed`]: a connection handed to hyper with the bytes already read from it.
 //! - [`activity`]: when a client connection counts as idle.
 //! - [`routes`]: the route of each service, and the service a Host names.
-//! - [`forward`]: sending a request to an instance, with retries and failure answers.
-//! - [`headers`]: what is removed from and added to requests and responses.
+//! - [`forward`]: sending a request hyper's server took to an instance, through cairn's own
+//!   client or (upgrades) hyper's, with retries and failure answers.
+//! - [`headers`]: the fate of each header, and what cairn reads from them.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
-//! - [`pool`]: kept-alive connections to instances, driven by the requests that use them.
-//! - [`upstream`]: one such connection, polled by whichever task uses it.
-//! - [`shelf`]: idle upstream connections, checked before reuse and swept.
+//! - [`pool`]: idle sockets to instances, and the connection of an upgrade.
+//! - [`shelf`]: idle upstream sockets, checked before reuse and swept.
 //! - [`side`]: watching for a drain or an idle timeout without polling on every wake-up.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 
@@ -41,7 +46,6 @@ pub(crate) mod routes;
 pub(crate) mod shelf;
 pub(crate) mod side;
 pub(crate) mod upgrade;
-pub(crate) mod upstream;
 
 pub(crate) use forward::Forwarder;
 pub(crate) use listener::HttpListener;

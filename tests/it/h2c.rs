@@ -246,3 +246,66 @@ async fn h2c_gets_a_stream_error_when_the_instance_stalls_mid_body() {
     assert_eq!(got.body, b"partial", "{got:?}");
     assert!(got.error.is_some(), "a stalled body ended cleanly: {got:?}");
 }
+
+/// An upload whose length is unknown until it ends: its frames, given one at a time.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn an_h2c_upload_reaches_the_instance_chunked_by_cairn_with_its_trailers() {
+    use hyper::body::Frame;
+
+    let (_etcd, up, cairn) = http_setup(Reply::Ok, "").await;
+    let io = TokioIo::new(TcpStream::connect(cairn.listen(0)).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-sum", "42".parse().unwrap());
+    let upload = |frames: Vec<Frame<Bytes>>| Frames(frames.into());
+    // No content-length: the length is unknown until the stream ends.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("http://web/up")
+        .body(upload(vec![
+            Frame::data(Bytes::from_static(b"hello ")),
+            Frame::data(Bytes::from_static(b"upload")),
+            Frame::trailers(trailers),
+        ]))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = up.received();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].line, "POST /up HTTP/1.1");
+    assert_eq!(seen[0].header("transfer-encoding"), ["chunked"]);
+    assert!(seen[0].header("content-length").is_empty(), "{seen:?}");
+    assert_eq!(seen[0].body, b"hello upload");
+    assert_eq!(seen[0].trailers, ["x-sum: 42"]);
+
+    // With a content-length, the instance gets that length and the body as it came.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://web/put")
+        .header("content-length", "5")
+        .body(upload(vec![Frame::data(Bytes::from_static(b"12345"))]))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = up.received();
+    assert_eq!(seen[1].header("content-length"), ["5"]);
+    assert!(seen[1].header("transfer-encoding").is_empty(), "{seen:?}");
+    assert_eq!(seen[1].body, b"12345");
+}

@@ -18,6 +18,8 @@ pub struct Received {
     pub headers: Vec<String>,
     /// The body.
     pub body: Vec<u8>,
+    /// The trailer fields of a chunked body, exactly as received.
+    pub trailers: Vec<String>,
 }
 
 impl Received {
@@ -148,6 +150,21 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
+/// The next CRLF-ended line, without its end.
+async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+            break at;
+        }
+        if !fill(stream, buf).await {
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&buf[..end]).to_string();
+    buf.drain(..end + 2);
+    Some(line)
+}
+
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
     let head_end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -166,6 +183,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recei
         line,
         headers,
         body: Vec::new(),
+        trailers: Vec::new(),
     };
     let chunked = request
         .header("transfer-encoding")
@@ -173,17 +191,18 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recei
         .any(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         loop {
-            let size_end = loop {
-                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
-                    break at;
-                }
-                if !fill(stream, buf).await {
-                    return None;
-                }
-            };
-            let size_line = String::from_utf8_lossy(&buf[..size_end]).to_string();
+            let size_line = read_line(stream, buf).await?;
             let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
-            buf.drain(..size_end + 2);
+            if size == 0 {
+                // The trailer section: field lines up to an empty one.
+                loop {
+                    let field = read_line(stream, buf).await?;
+                    if field.is_empty() {
+                        return Some(request);
+                    }
+                    request.trailers.push(field);
+                }
+            }
             while buf.len() < size + 2 {
                 if !fill(stream, buf).await {
                     return None;
@@ -191,9 +210,6 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recei
             }
             request.body.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
-            if size == 0 {
-                return Some(request);
-            }
         }
     }
     let length: usize = request

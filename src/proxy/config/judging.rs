@@ -137,7 +137,8 @@ impl RawHealth {
                     || path
                         .get_ref()
                         .chars()
-                        .any(|c| c.is_whitespace() || c.is_control()) =>
+                        .any(|c| c.is_whitespace() || c.is_control())
+                    || path.get_ref().parse::<http::uri::PathAndQuery>().is_err() =>
             {
                 return Err(key.at(
                     "http",

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 
 /// Why a body stopped short: hyper's error, or the framing of a response read by cairn's own
 /// client.
@@ -23,8 +24,8 @@ pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
 pub(crate) struct Reclaimable(Arc<Shared>);
 
 struct Shared {
-    /// The client's body, streamed in place by whichever attempt polls it.
-    body: Mutex<Incoming>,
+    /// The client's body (hyper's), streamed in place by whichever attempt polls it.
+    body: Mutex<UnsyncBoxBody<Bytes, BodyError>>,
     /// Set on the first poll: from then on, bytes may have reached an upstream.
     started: AtomicBool,
     /// The body's size, known before any attempt, so upstreams get a Content-Length.
@@ -32,10 +33,14 @@ struct Shared {
 }
 
 impl Reclaimable {
-    pub(crate) fn new(body: Incoming) -> Reclaimable {
+    pub(crate) fn new<B>(body: B) -> Reclaimable
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         Reclaimable(Arc::new(Shared {
             size: body.size_hint(),
-            body: Mutex::new(body),
+            body: Mutex::new(body.map_err(Into::into).boxed_unsync()),
             started: AtomicBool::new(false),
         }))
     }
@@ -78,12 +83,12 @@ impl std::fmt::Debug for RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streamed(r) => {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
@@ -16,16 +16,17 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
-use super::h1::client::{send_bodiless, SendFail};
-use super::headers::{
-    forwarded_headers, request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED,
-};
+use super::h1::client::{SendFail, Upload};
+use super::h1::decoded::send_request;
+use super::h1::head::{end_request, request_line};
+use super::h1::write::{write_forwarded, BodyFraming, Forwarding};
+use super::headers::{request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED};
 use super::pool::SendError;
-use super::pool::UpstreamBody;
 use super::routes::Route;
 use super::upgrade::tunnel;
 use crate::addr::Addr;
 use crate::proxy::error::ProxyError;
+use crate::proxy::failover::Attempts;
 use crate::proxy::metrics::ListenerMetrics;
 use crate::snapshot::InFlight;
 
@@ -75,7 +76,8 @@ impl Forwarder {
         resp
     }
 
-    /// Sends `req`, failing over while nothing has been sent.
+    /// Sends `req`, failing over while nothing has been sent: through cairn's own client, or
+    /// hyper's for an upgrade.
     async fn send(
         &self,
         route: &Route,
@@ -83,76 +85,125 @@ impl Forwarder {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut attempts, mut addr) = route.attempts(&self.metrics, req.headers(), peer)?;
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        if let Some(protocol) = upgrade_protocol(&req) {
+            let client_side = hyper::upgrade::on(&mut req);
+            return self
+                .upgrade(route, req, peer, protocol, client_side, attempts, addr)
+                .await;
+        }
+        let (parts, body) = req.into_parts();
+        let framing = body_framing(&parts.headers, &body);
+        let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
+        let host = request_host(&parts.headers, &parts.uri);
+        let peer_ip = peer.ip().to_string();
+        let mut out = Vec::with_capacity(512);
+        request_line(&mut out, parts.method.as_str(), origin_target(&parts.uri));
+        let how = Forwarding {
+            peer_ip: &peer_ip,
+            host: host.map(str::as_bytes),
+            body: framing,
+            upgrade: None,
+        };
+        write_forwarded(&parts.headers, &how, &mut out);
+        let base = out.len();
+        let head_request = parts.method == Method::HEAD;
+        loop {
+            out.truncate(base);
+            match host {
+                Some(h) if !route.config.rewrite_host => end_request(&mut out, h.as_bytes()),
+                // HTTP/1.1 requires a Host: the instance's address when the client sent none.
+                _ => end_request(&mut out, addr.to_string().as_bytes()),
+            }
+            let inflight = attempts.begin();
+            let upload = body.as_ref().map(|b| Upload {
+                body: RequestBody::of(Some(b)),
+                chunked: framing == BodyFraming::Chunked,
+            });
+            let sent = send_request(
+                &route.pool,
+                &addr,
+                &mut out,
+                upload,
+                head_request,
+                self.idle_timeout,
+            );
+            let cause = match self.wait(route, &addr, sent).await? {
+                Ok(resp) => {
+                    attempts.answered(&addr, resp.status());
+                    // The request stays in flight on its instance until the body is sent.
+                    return Ok(resp.map(|body| Guarded::new(body, inflight).boxed()));
+                }
+                // Nothing was sent, not even a byte of the body: the next instance takes it.
+                Err(SendFail::Unsent(cause)) if body.as_ref().is_none_or(|b| !b.started()) => cause,
+                Err(SendFail::Unsent(cause) | SendFail::Failed(cause)) => {
+                    debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
+                    return Err(upstream_error(route, addr, cause));
+                }
+            };
+            addr = attempts.failed(&addr, &cause)?;
+        }
+    }
+
+    /// Sends a request that asks for an upgrade through hyper's client, on a connection of its
+    /// own that a `101` hands over, failing over while nothing has been sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn upgrade(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        protocol: HeaderValue,
+        client_side: OnUpgrade,
+        mut attempts: Attempts<'_>,
+        mut addr: Addr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         let host = request_host(&parts.headers, &parts.uri);
-        // hyper has framed the body (a Content-Length only when no Transfer-Encoding came): the
-        // instance gets the length it decided, never the client's header as it came.
-        let length = parts
-            .headers
-            .contains_key(header::CONTENT_LENGTH)
-            .then(|| body.size_hint().exact())
-            .flatten();
-        let headers = forwarded_headers(&parts.headers, peer, host, upgrade.as_ref(), length);
+        let peer_ip = peer.ip().to_string();
+        let how = Forwarding {
+            peer_ip: &peer_ip,
+            host: host.map(str::as_bytes),
+            body: body_framing(&parts.headers, &body),
+            upgrade: Some(protocol.as_bytes()),
+        };
+        let mut headers = HeaderMap::new();
+        write_forwarded(&parts.headers, &how, &mut headers);
         let client_host = host.and_then(|h| HeaderValue::from_str(h).ok());
         let body = (!body.is_end_stream()).then(|| Reclaimable::new(body));
         let mut upstream = Request::new(RequestBody::of(body.as_ref()));
         *upstream.method_mut() = parts.method;
-        *upstream.uri_mut() = origin_form(&parts.uri);
+        *upstream.uri_mut() = Uri::from_static("/");
+        if let Ok(target) = origin_target(&parts.uri).parse() {
+            *upstream.uri_mut() = target;
+        }
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = headers;
         loop {
             let host = match &client_host {
                 Some(h) if !route.config.rewrite_host => Some(h.clone()),
-                // HTTP/1.1 requires a Host: the instance's address when the client sent none.
                 _ => HeaderValue::from_str(&addr.to_string()).ok(),
             };
             if let Some(h) = host {
                 upstream.headers_mut().insert(header::HOST, h);
             }
-
             let inflight = attempts.begin();
-            if upgrade.is_none() && body.is_none() {
-                // No body to stream and no connection to hand over: cairn's own client.
-                let sent = send_bodiless(&route.pool, &addr, &upstream, self.idle_timeout);
-                let cause = match self.wait(route, &addr, sent).await? {
-                    Ok(resp) => {
-                        attempts.answered(&addr, resp.status());
-                        // The request stays in flight on its instance until the body is sent.
-                        return Ok(resp.map(|body| Guarded::new(body, inflight).boxed()));
-                    }
-                    Err(SendFail::Unsent(cause)) => cause,
-                    Err(SendFail::Failed(cause)) => {
-                        debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
-                        return Err(upstream_error(route, addr, cause));
-                    }
-                };
-                addr = attempts.failed(&addr, &cause)?;
-                continue;
-            }
-            let sent = if upgrade.is_some() {
-                self.wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
-                    .await?
-            } else {
-                self.wait(route, &addr, route.pool.send(&addr, upstream))
-                    .await?
-            };
-            let error = match sent {
+            let sent = self
+                .wait(route, &addr, route.pool.send_upgrade(&addr, upstream))
+                .await?;
+            let cause = match sent {
                 Ok(resp) => {
                     attempts.answered(&addr, resp.status());
-                    return self.respond(resp, client_upgrade, route, inflight);
+                    return self.respond(resp, client_side, route, inflight);
                 }
-                Err(e) => e,
-            };
-            let cause = match error {
                 // Nothing was sent: the same request goes to the next instance.
-                SendError::Unsent(cause, back) if body.as_ref().is_none_or(|b| !b.started()) => {
+                Err(SendError::Unsent(cause, back))
+                    if body.as_ref().is_none_or(|b| !b.started()) =>
+                {
                     upstream = *back;
                     cause
                 }
-                SendError::Unsent(cause, _) => return Err(upstream_error(route, addr, cause)),
-                SendError::Failed(e) => {
+                Err(SendError::Unsent(cause, _)) => return Err(upstream_error(route, addr, cause)),
+                Err(SendError::Failed(e)) => {
                     let cause = crate::text::causes(&e);
                     debug!(service = %route.service, %addr, error = %cause, "upstream request failed");
                     return Err(upstream_error(route, addr, cause));
@@ -178,20 +229,16 @@ impl Forwarder {
             })
     }
 
-    /// Passes the upstream's response on; a `101 Switching Protocols` becomes a tunnel.
+    /// Passes the answer to an upgrade request on: a `101 Switching Protocols` becomes a
+    /// tunnel, anything else goes as hyper's client read it.
     fn respond(
         &self,
-        mut resp: Response<UpstreamBody>,
-        client_upgrade: Option<OnUpgrade>,
+        mut resp: Response<Incoming>,
+        client_side: OnUpgrade,
         route: &Route,
         inflight: InFlight,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_side) = client_upgrade else {
-                return Err(ProxyError::SwitchedUnasked {
-                    service: route.service.clone(),
-                });
-            };
             return Ok(tunnel(
                 resp,
                 client_side,
@@ -212,6 +259,18 @@ impl Forwarder {
     }
 }
 
+/// How the body of a request hyper's server framed reaches the instance: with the length
+/// hyper held it to when the client declared one, chunked by cairn when its length is unknown,
+/// and with no framing header when there is none and none was declared.
+fn body_framing(client: &HeaderMap, body: &Incoming) -> BodyFraming {
+    let declared = client.contains_key(header::CONTENT_LENGTH);
+    match body.size_hint().exact() {
+        Some(n) if declared => BodyFraming::Length(n),
+        _ if body.is_end_stream() => BodyFraming::None,
+        _ => BodyFraming::Chunked,
+    }
+}
+
 /// A request that may have reached `addr` and got no response: never sent again.
 fn upstream_error(route: &Route, addr: Addr, cause: String) -> ProxyError {
     ProxyError::Upstream {
@@ -223,10 +282,6 @@ fn upstream_error(route: &Route, addr: Addr, cause: String) -> ProxyError {
 
 /// The request target an instance gets: the client's path and query (HTTP/2 and absolute-form
 /// requests carry a scheme and authority too, which go in the Host header instead).
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(_) if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    }
+fn origin_target(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |pq| pq.as_str())
 }

@@ -9,23 +9,31 @@
 //! bytes read so far, to hyper for the rest of its life ([`Served::Elsewhere`]).
 //!
 //! - [`head`]: which requests this path takes, and the head an instance gets.
+//! - [`write`]: the one head writer: what an instance gets, over name/value pairs from either
+//!   parser, framing headers written from what cairn decided.
 //! - [`response`]: how a response is framed, and the head the client gets back.
 //! - [`framing`]: where a body ends, for the relay (as it came) and the decoder alike.
 //! - [`chunked`]: the chunked coding, byte by byte.
 //! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
-//! - [`client`]: the instance's side: a request sent on a bare pooled socket and its response
-//!   head read, for this path and for the bodiless requests hyper's server takes.
+//! - [`client`]: the instance's side: a request sent on a bare pooled socket, its body streamed,
+//!   and its response head read, for this path and for the requests hyper's server takes.
+//! - [`upload`]: a request body streamed to an instance as the socket takes it.
+//! - [`decoded`]: a response body decoded into frames for hyper's server, driving the upload
+//!   when the instance answered before its end.
 
 pub(crate) mod chunked;
 pub(crate) mod client;
 pub(crate) mod deadline;
+pub(crate) mod decoded;
 #[cfg(test)]
 mod differential;
 pub(crate) mod exchange;
 pub(crate) mod framing;
 pub(crate) mod head;
 pub(crate) mod response;
+pub(crate) mod upload;
+pub(crate) mod write;
 
 use std::net::SocketAddr;
 
@@ -40,10 +48,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use self::client::READ_SIZE;
 use self::deadline::Deadline;
 use self::exchange::Exchange;
 pub(crate) use self::exchange::Site;
+use self::framing::READ_SIZE;
 use self::head::{parse_request, request_headers, Read};
 use super::side::Side;
 

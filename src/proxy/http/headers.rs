@@ -1,5 +1,6 @@
-//! Headers: what a proxy removes (hop-by-hop headers, both ways) and adds (X-Forwarded-*), and
-//! what it reads (the Host, an upgrade request, the key the hash policy hashes).
+//! Headers: the fate of each one on its way through a proxy (hop-by-hop headers removed both ways,
+//! framing headers never copied, X-Forwarded-For joined), which [`super::h1::write`] applies,
+//! and what cairn reads (the Host, an upgrade request, the key the hash policy hashes).
 
 use std::net::SocketAddr;
 
@@ -8,15 +9,23 @@ use http::{Request, Uri};
 
 use crate::balance::{hash, HashKey};
 
-/// A message's headers as [`request_key`] reads them: every value of one name, any case.
+/// A message's headers, parsed by httparse or held in hyper's header map: every field in order,
+/// and every value of one name, any case.
 pub(crate) trait HeaderValues {
     /// The values of the header `name` (lowercase), in order.
     fn values<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s [u8]>;
+
+    /// Every field, name and value.
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])>;
 }
 
 impl HeaderValues for HeaderMap {
     fn values<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s [u8]> {
         self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))
     }
 }
 
@@ -190,202 +199,12 @@ pub(crate) fn fate(name: &str, listed: &Listed<'_>) -> Fate {
     }
 }
 
-/// Adds one X-Forwarded-For value (itself a list) to the list that starts at `out[start..]`.
-pub(crate) fn join_forwarded_for(out: &mut Vec<u8>, start: usize, value: &[u8]) {
-    if out.len() > start {
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(value);
-}
-
-/// A number's decimal digits, written on the stack: the Content-Length cairn writes from the
-/// length it decided.
-pub(crate) struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    pub(crate) fn new(n: u64) -> Decimal {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        let mut left = n;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (left % 10) as u8;
-            left /= 10;
-            if left == 0 {
-                break;
-            }
-        }
-        Decimal { digits, start }
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
-}
-
-/// Ends the X-Forwarded-For list that starts at `out[start..]` with the client's address.
-pub(crate) fn end_forwarded_for(out: &mut Vec<u8>, start: usize, ip: &str) {
-    if out.len() > start {
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(ip.as_bytes());
-}
-
-/// The headers sent upstream: the client's, minus those [`fate`] drops, plus X-Forwarded-*, and
-/// a Content-Length of `length` when the body's length was declared and decided.
-pub(crate) fn forwarded_headers(
-    client: &HeaderMap,
-    peer: SocketAddr,
-    host: Option<&str>,
-    upgrade: Option<&HeaderValue>,
-    length: Option<u64>,
-) -> HeaderMap {
-    let listed = Listed::new(
-        client
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    );
-    let mut out = HeaderMap::with_capacity(client.len() + 4);
-    let mut forwarded_for = Vec::new();
-    for (name, value) in client {
-        match fate(name.as_str(), &listed) {
-            Fate::Keep => {
-                out.append(name.clone(), value.clone());
-            }
-            Fate::ForwardedFor => join_forwarded_for(&mut forwarded_for, 0, value.as_bytes()),
-            Fate::Drop => {}
-        }
-    }
-    // An HTTP/2 client may send each cookie in a field of its own; an HTTP/1.1 instance gets
-    // them in one line (RFC 9113 §8.2.3).
-    if out.get_all(header::COOKIE).iter().nth(1).is_some() {
-        let joined: Vec<&[u8]> = out
-            .get_all(header::COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-            out.insert(header::COOKIE, v);
-        }
-    }
-    end_forwarded_for(&mut forwarded_for, 0, &peer.ip().to_string());
-    if let Ok(v) = HeaderValue::from_bytes(&forwarded_for) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        out.insert(HeaderName::from_static("x-forwarded-host"), v);
-    }
-    if let Some(n) = length {
-        out.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    if let Some(protocol) = upgrade {
-        out.insert(header::UPGRADE, protocol.clone());
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn cookies_in_fields_of_their_own_reach_the_instance_in_one_line() {
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
-        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
-        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None, None);
-        let cookies: Vec<_> = out.get_all(header::COOKIE).iter().collect();
-        assert_eq!(cookies, ["a=1; b=2; c=3"]);
-        // One Cookie line stays as it is.
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
-        let out = forwarded_headers(&h, "10.0.0.9:5000".parse().unwrap(), None, None, None);
-        assert_eq!(out[header::COOKIE], "a=1; b=2");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
-        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
-        h.insert(header::HOST, HeaderValue::from_static("orders"));
-        h.append("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        let out = forwarded_headers(
-            &h,
-            "127.0.0.9:5000".parse().unwrap(),
-            Some("orders"),
-            None,
-            None,
-        );
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        for gone in [
-            "connection",
-            "keep-alive",
-            "x-secret",
-            "te",
-            "transfer-encoding",
-            "proxy-authorization",
-            "expect",
-            "host",
-        ] {
-            assert!(!names.contains(&gone), "{gone} was forwarded: {names:?}");
-        }
-        assert_eq!(out["x-kept"], "yes");
-        assert_eq!(out["x-forwarded-for"], "10.1.1.1, 10.2.2.2, 127.0.0.9");
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["x-forwarded-host"], "orders");
-
-        let up = forwarded_headers(
-            &h,
-            "127.0.0.9:5000".parse().unwrap(),
-            None,
-            Some(&HeaderValue::from_static("websocket")),
-            None,
-        );
-        assert_eq!(up[header::UPGRADE], "websocket");
-        assert_eq!(up[header::CONNECTION], "upgrade");
-    }
-
-    #[test]
-    fn framing_headers_are_written_from_the_decided_length_never_copied() {
-        // The client's Content-Length (listed in Connection, or not, or twice) never goes on
-        // as it came: the instance gets the length the body was framed with.
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("content-length"),
-        );
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("66"));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("66"));
-        let peer = "10.0.0.9:5000".parse().unwrap();
-        let out = forwarded_headers(&h, peer, None, None, Some(66));
-        let lengths: Vec<_> = out.get_all(header::CONTENT_LENGTH).iter().collect();
-        assert_eq!(lengths, ["66"]);
-        let out = forwarded_headers(&h, peer, None, None, None);
-        assert!(!out.contains_key(header::CONTENT_LENGTH));
+    fn a_connection_header_that_lists_a_framing_header_is_told() {
         // Whether a Connection header lists a framing header is told, in any case.
         for (value, named) in [
             (&b"Content-Length"[..], Some("content-length")),
@@ -400,13 +219,6 @@ mod tests {
         let listed = Listed::new([&b"content-length, x-a"[..]].into_iter());
         assert!(!listed.is_hop_by_hop("Content-Length"));
         assert!(listed.is_hop_by_hop("x-a"));
-    }
-
-    #[test]
-    fn decimals_are_written_as_digits() {
-        for n in [0, 7, 10, 66, 1234567890, u64::MAX] {
-            assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
-        }
     }
 
     #[test]

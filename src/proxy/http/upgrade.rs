@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 use http::header::{self, HeaderValue};
 use http::Response;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -14,13 +15,12 @@ use tracing::debug;
 
 use super::body::ProxyBody;
 use super::headers::strip_hop_by_hop;
-use super::pool::UpstreamBody;
 use crate::snapshot::InFlight;
 
 /// Passes the instance's `101` on to the client and relays both upgraded connections on
 /// `tunnels` until either side closes or `abort` fires; `inflight` is held as long.
 pub(crate) fn tunnel(
-    mut resp: Response<UpstreamBody>,
+    mut resp: Response<Incoming>,
     client_side: OnUpgrade,
     tunnels: &TaskTracker,
     abort: CancellationToken,

@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::BadChunk;
-use super::client::{send, SendFail, MAX_READ, READ_SIZE};
+use super::client::{send, SendFail};
 use super::deadline::Deadline;
-use super::framing::Left;
+use super::framing::{Left, MAX_READ, READ_SIZE};
 use super::head::{end_request, write_request, RequestHead};
 use super::response::{parse_response, write_answer, Framing, ResponseHead, Written};
 use crate::addr::Addr;
@@ -129,7 +129,7 @@ impl<'a> Exchange<'a> {
             let close = req.close || self.drained.load(Ordering::Relaxed);
             timer.reset(route.config.request_timeout);
             let sent = tokio::select! {
-                sent = send(&route.pool, &addr, &mut self.out, |read, out| {
+                sent = send(&route.pool, &addr, &mut self.out, None, |read, out| {
                     parse_response(read, head_request, &mut Written { out, close })
                 }) => sent,
                 _ = timer.passed() => {
@@ -141,7 +141,7 @@ impl<'a> Exchange<'a> {
                 }
             };
             match sent {
-                Ok((up, read, head)) => {
+                Ok((up, read, head, _)) => {
                     attempts.answered(&addr, head.status);
                     // The request stays in flight on its instance until the body has been sent.
                     let idle = Idle {

@@ -5,6 +5,13 @@
 
 use super::chunked::{BadChunk, Chunked, Piece};
 
+/// The first read of a message, and of each body read until reads grow.
+pub(crate) const READ_SIZE: usize = 8 * 1024;
+
+/// The largest read of a body, which reads grow to while a large body streams: fewer system
+/// calls per byte.
+pub(crate) const MAX_READ: usize = 256 * 1024;
+
 /// How a message's body is delimited, as its head decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {

@@ -6,9 +6,8 @@ use std::ops::Range;
 
 use httparse::{Header, Status};
 
-use crate::proxy::http::headers::{
-    end_forwarded_for, fate, join_forwarded_for, Decimal, Fate, HeaderValues, Listed,
-};
+use super::write::{write_forwarded, BodyFraming, Forwarding, HeadSink};
+use crate::proxy::http::headers::{HeaderValues, Listed};
 
 /// The most headers a request or response may carry, as hyper allows.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -60,6 +59,10 @@ impl HeaderValues for [Header<'_>] {
         self.iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter().map(|h| (h.name, h.value))
     }
 }
 
@@ -169,45 +172,31 @@ pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
 /// the Content-Length is written from the body's length as parsed.
 pub(super) fn write_request(req: &RequestHead<'_>, buf: &[u8], peer_ip: &str, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(req.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(req.path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let listed = Listed::new(req.headers.values("connection"));
-    for h in req.headers {
-        if fate(h.name, &listed) == Fate::Keep {
-            line(out, h.name.as_bytes(), h.value);
-        }
-    }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    let start = out.len();
-    for h in req.headers {
-        if fate(h.name, &listed) == Fate::ForwardedFor {
-            join_forwarded_for(out, start, h.value);
-        }
-    }
-    end_forwarded_for(out, start, peer_ip);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    line(out, b"x-forwarded-host", &buf[req.host.clone()]);
-    if req.declared {
-        line(
-            out,
-            b"content-length",
-            Decimal::new(req.body as u64).as_bytes(),
-        );
-    }
+    request_line(out, req.method, req.path);
+    let how = Forwarding {
+        peer_ip,
+        host: Some(&buf[req.host.clone()]),
+        body: if req.declared {
+            BodyFraming::Length(req.body as u64)
+        } else {
+            BodyFraming::None
+        },
+        upgrade: None,
+    };
+    write_forwarded(req.headers, &how, out);
 }
 
-pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// Starts a request head in `out`: `method target HTTP/1.1`.
+pub(crate) fn request_line(out: &mut Vec<u8>, method: &str, target: &str) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
 /// Ends a request head with its Host line.
-pub(super) fn end_request(out: &mut Vec<u8>, host: &[u8]) {
-    line(out, b"host", host);
+pub(crate) fn end_request(out: &mut Vec<u8>, host: &[u8]) {
+    out.header("host", host);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -7,8 +7,9 @@ use http::StatusCode;
 use httparse::Status;
 
 pub(crate) use super::framing::Framing;
-use super::head::{line, parse_length, MAX_HEADERS};
-use crate::proxy::http::headers::{Decimal, HeaderValues, Listed};
+use super::head::{parse_length, MAX_HEADERS};
+use super::write::{Decimal, HeadSink};
+use crate::proxy::http::headers::{HeaderValues, Listed};
 
 /// The largest response head accepted from an instance.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -58,7 +59,7 @@ impl Emit for Written<'_> {
     }
 
     fn header(&mut self, name: &str, value: &[u8], _coding: bool) {
-        line(self.out, name.as_bytes(), value);
+        self.out.header(name, value);
     }
 
     fn end(&mut self, until_close: bool) {
