@@ -25,7 +25,8 @@
 //!      [`backoff`]: retry delays; [`text`]: outside strings made safe to print.
 //! 2. **Runtime support**: [`shutdown`] (the root signal), `accept` (listening sockets and the
 //!    accept loop), `net` (dialing), `throttle` (one warning a second), `clock` (milliseconds
-//!    for instance states), [`workers`] (one single-threaded runtime per worker thread).
+//!    for instance states), [`rt`] (the workers, and the runtime's speed tricks with their
+//!    invariants).
 //! 3. **Components**, each owning its config section and validation:
 //!    - [`etcd`]: the connection (TLS, the user it authenticates as), paged reads, one-line
 //!      errors, outage logging, per-call metrics and each member's health;
@@ -62,9 +63,9 @@ pub mod update;
 pub(crate) mod accept;
 pub(crate) mod clock;
 pub(crate) mod net;
+pub mod rt;
 pub mod shutdown;
 pub(crate) mod throttle;
-pub mod workers;
 
 pub mod admin;
 pub mod cache;

@@ -61,9 +61,10 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            if let Err(e) = cairn::workers::start(parsed.workers) {
-                return fail(&e);
-            }
+            let workers = match cairn::rt::workers::Workers::start(parsed.workers) {
+                Ok(w) => w,
+                Err(e) => return fail(&e),
+            };
             let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
                 let shutdown = cairn::shutdown::on_signal();
                 Server::bind(parsed)
                     .await?
+                    .on(workers)
                     .reloads_from(config)
                     .run(shutdown, shutdown_grace)
                     .await

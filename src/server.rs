@@ -32,6 +32,7 @@ use crate::accept::open_file_budget;
 use crate::admin::ADMIN_BACKLOG;
 use crate::config::Config;
 use crate::error::Error;
+use crate::rt::workers::Workers;
 use crate::snapshot::Store;
 use plane::Spec;
 use running::{bind, configure_cells, specs, Bound, Running};
@@ -86,8 +87,16 @@ impl Server {
                 listeners,
                 store,
                 connections: Arc::new(Semaphore::new(allowed.clamp(1, Semaphore::MAX_PERMITS))),
+                workers: Workers::single(),
             },
         })
+    }
+
+    /// Deals accepted connections to `workers` (started from `[runtime] workers`) instead of
+    /// serving them all on the calling runtime.
+    pub fn on(mut self, workers: Workers) -> Server {
+        self.bound.workers = workers;
+        self
     }
 
     /// Reads the next configuration from `path` on each SIGHUP, and applies what changed

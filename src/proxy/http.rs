@@ -31,7 +31,6 @@
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
 //! - [`pool`]: idle sockets to instances, and the connection of an upgrade.
 //! - [`shelf`]: idle upstream sockets, checked before reuse and swept.
-//! - [`side`]: watching for a drain or an idle timeout without polling on every wake-up.
 //! - [`upgrade`]: the tunnel a `101 Switching Protocols` turns a connection into.
 
 pub(crate) mod activity;
@@ -44,7 +43,6 @@ pub(crate) mod pool;
 pub(crate) mod prefixed;
 pub(crate) mod routes;
 pub(crate) mod shelf;
-pub(crate) mod side;
 pub(crate) mod upgrade;
 
 pub(crate) use forward::Forwarder;

@@ -19,9 +19,9 @@ use crate::addr::Addr;
 use crate::balance::hash;
 use crate::net::{dial, OwnAddrs};
 use crate::registry::ServiceName;
+use crate::rt::workers::Workers;
 use crate::snapshot::{InFlight, ServiceCell};
 use crate::throttle::Throttle;
-use crate::workers;
 
 /// What a TCP listener needs to forward one connection.
 pub(crate) struct TcpProxy {
@@ -43,6 +43,8 @@ pub(crate) struct TcpProxy {
     pub(crate) own: Arc<OwnAddrs>,
     /// Idle timeout and keepalive of relayed connections.
     pub(crate) relay: RelayConfig,
+    /// The workers connections are dealt to.
+    pub(crate) workers: Workers,
 }
 
 impl TcpProxy {
@@ -63,13 +65,14 @@ impl TcpProxy {
         accept_loop(listener, caps, stop, |stream, peer, permit| {
             let proxy = Arc::clone(&self);
             let abort = abort.clone();
-            workers::spawn(&tracker, stream, move |stream| async move {
-                tokio::select! {
-                    _ = proxy.handle(stream, peer) => {}
-                    _ = abort.cancelled() => {}
-                }
-                drop(permit);
-            });
+            self.workers
+                .spawn(&tracker, stream, move |stream| async move {
+                    tokio::select! {
+                        _ = proxy.handle(stream, peer) => {}
+                        _ = abort.cancelled() => {}
+                    }
+                    drop(permit);
+                });
         })
         .await
     }

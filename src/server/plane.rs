@@ -21,6 +21,7 @@ use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{
     GatewayConfig, Limits, ListenerFamilies, ListenerMetrics, ListenerView, Protocol, ServiceConfig,
 };
+use crate::rt::workers::Workers;
 use crate::snapshot::Store;
 use crate::throttle::Throttle;
 
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) abort: CancellationToken,
     /// The running listeners, as the status page shows them.
     pub(crate) views: Arc<ArcSwap<Vec<ListenerView>>>,
+    /// The workers connections are dealt to.
+    pub(crate) workers: Workers,
 }
 
 /// The running listeners.
@@ -198,6 +201,7 @@ impl Plane {
                             throttle: Throttle::per_second(),
                             own: Arc::clone(&shared.own),
                             relay: service.relay,
+                            workers: shared.workers.clone(),
                         });
                         tokio::spawn(proxy.run(
                             listener,
@@ -266,6 +270,7 @@ impl Plane {
                 idle_timeout: limits.idle_timeout,
             },
             limits,
+            workers: self.shared.workers.clone(),
         });
         tokio::spawn(http.run(
             listener,

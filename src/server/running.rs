@@ -30,6 +30,7 @@ use crate::proxy::health::HealthChecker;
 use crate::proxy::http::Routes;
 use crate::proxy::ListenerFamilies;
 use crate::register::{self, Registrar, Status};
+use crate::rt::workers::Workers;
 use crate::snapshot::Store;
 
 /// What `Server::bind` prepares: the config, and every socket it asks for, bound.
@@ -48,6 +49,8 @@ pub(super) struct Bound {
     /// Connections every data-plane listener together may hold, so the open-file limit is
     /// never reached by clients alone.
     pub(super) connections: Arc<Semaphore>,
+    /// The workers connections are dealt to.
+    pub(super) workers: Workers,
 }
 
 /// The data-plane listeners a config asks for, in config order.
@@ -175,6 +178,7 @@ impl Running {
             own,
             tracker: TaskTracker::new(),
             connections: server.connections,
+            workers: server.workers,
             drain: shutdown.clone(),
             abort: CancellationToken::new(),
             views: Arc::default(),

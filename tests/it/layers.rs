@@ -18,7 +18,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
     ),
     (
         "runtime support",
-        &["accept", "clock", "net", "shutdown", "throttle", "workers"],
+        &["accept", "clock", "net", "rt", "shutdown", "throttle"],
     ),
     (
         "components",

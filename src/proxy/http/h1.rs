@@ -14,7 +14,6 @@
 //! - [`response`]: how a response is framed, and the head the client gets back.
 //! - [`framing`]: where a body ends, for the relay (as it came) and the decoder alike.
 //! - [`chunked`]: the chunked coding, byte by byte.
-//! - [`deadline`]: the idle and request timers, set per request without timer operations.
 //! - [`exchange`]: one request: attempts, the instance's socket, the response.
 //! - [`client`]: the instance's side: a request sent on a bare pooled socket, its body streamed,
 //!   and its response head read, for this path and for the requests hyper's server takes.
@@ -24,7 +23,6 @@
 
 pub(crate) mod chunked;
 pub(crate) mod client;
-pub(crate) mod deadline;
 pub(crate) mod decoded;
 #[cfg(test)]
 mod differential;
@@ -39,7 +37,6 @@ use std::net::SocketAddr;
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
@@ -48,12 +45,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use self::deadline::Deadline;
 use self::exchange::Exchange;
 pub(crate) use self::exchange::Site;
 use self::framing::READ_SIZE;
 use self::head::{parse_request, request_headers, Read};
-use super::side::Side;
+use crate::rt::deadline::Deadline;
+use crate::rt::flag::Flag;
+use crate::rt::side::Side;
 
 /// How a client connection left this path.
 pub(crate) enum Served {
@@ -72,7 +70,7 @@ pub(crate) async fn serve(
     draining: &CancellationToken,
     abort: &CancellationToken,
 ) -> Served {
-    let drained = AtomicBool::new(false);
+    let drained = Flag::default();
     let mut requests = pin!(requests(site, client, peer, &drained));
     // The drain and the abort are watched beside the connection, polled only when one fires.
     let mut stop = Side::new(next_stop(draining, abort, false));
@@ -81,7 +79,8 @@ pub(crate) async fn serve(
             match stop.poll_side(cx) {
                 Poll::Ready(Stop::Abort) => return Poll::Ready(Served::Closed),
                 Poll::Ready(Stop::Drain) => {
-                    drained.store(true, Ordering::Relaxed);
+                    // Set by this task, which polls the requests next: see `Flag`.
+                    drained.set();
                     stop = Side::new(next_stop(draining, abort, true));
                 }
                 Poll::Pending => break,
@@ -107,12 +106,7 @@ async fn next_stop(draining: &CancellationToken, abort: &CancellationToken, drai
     }
 }
 
-async fn requests(
-    site: &Site<'_>,
-    client: TcpStream,
-    peer: SocketAddr,
-    drained: &AtomicBool,
-) -> Served {
+async fn requests(site: &Site<'_>, client: TcpStream, peer: SocketAddr, drained: &Flag) -> Served {
     let mut x = Exchange::new(client, peer, drained);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let idle = site.limits.idle_timeout;
@@ -139,7 +133,7 @@ async fn requests(
             let read = tokio::select! {
                 biased;
                 // Between requests a drain closes at once; a head under way is served first.
-                _ = until(drained), if buf.is_empty() => return Served::Closed,
+                _ = drained.wait(), if buf.is_empty() => return Served::Closed,
                 r = x.client().read_buf(&mut buf) => r,
                 _ = deadline.passed() => {
                     debug!(%peer, "no whole request within the idle timeout, closing");
@@ -156,16 +150,4 @@ async fn requests(
             None => return Served::Closed,
         }
     }
-}
-
-/// Resolves once `flag` is set; the task is woken by whoever sets it.
-async fn until(flag: &AtomicBool) {
-    poll_fn(|_| {
-        if flag.load(Ordering::Relaxed) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
 }

@@ -27,13 +27,13 @@ use super::h1::{self, Served, Site};
 use super::headers::{request_host, Listed, ALLOWED};
 use super::prefixed::Prefixed;
 use super::routes::{Routes, Routing};
-use super::side::Side;
 use crate::accept::{accept_loop, Caps};
 use crate::proxy::config::Limits;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::Active;
 use crate::proxy::relay::inherited;
-use crate::workers;
+use crate::rt::side::Side;
+use crate::rt::workers::Workers;
 
 /// How long an idle client gets to take part in closing its connection (an HTTP/2 client must
 /// answer the GOAWAY's ping) before it is dropped: a few round trips on any network.
@@ -49,6 +49,8 @@ pub(crate) struct HttpListener {
     pub(crate) forwarder: Forwarder,
     /// Header size and idle limits.
     pub(crate) limits: Limits,
+    /// The workers connections are dealt to.
+    pub(crate) workers: Workers,
 }
 
 impl HttpListener {
@@ -88,23 +90,24 @@ impl HttpListener {
             let this = Arc::clone(&self);
             let builder = Arc::clone(&builder);
             let draining = drain.clone();
-            workers::spawn(&tracker, stream, move |stream| async move {
-                let abort = &this.forwarder.abort;
-                let site = Site {
-                    routing: &this.routing,
-                    routes: &this.routes,
-                    metrics: &this.forwarder.metrics,
-                    limits: &this.limits,
-                };
-                let served = h1::serve(&site, stream, peer, &draining, abort).await;
-                if let Served::Elsewhere(stream, read) = served {
-                    let io = TokioIo::new(Prefixed::new(read, stream));
-                    Arc::clone(&this)
-                        .serve_hyper(io, peer, &builder, &draining)
-                        .await;
-                }
-                drop(permit);
-            });
+            self.workers
+                .spawn(&tracker, stream, move |stream| async move {
+                    let abort = &this.forwarder.abort;
+                    let site = Site {
+                        routing: &this.routing,
+                        routes: &this.routes,
+                        metrics: &this.forwarder.metrics,
+                        limits: &this.limits,
+                    };
+                    let served = h1::serve(&site, stream, peer, &draining, abort).await;
+                    if let Served::Elsewhere(stream, read) = served {
+                        let io = TokioIo::new(Prefixed::new(read, stream));
+                        Arc::clone(&this)
+                            .serve_hyper(io, peer, &builder, &draining)
+                            .await;
+                    }
+                    drop(permit);
+                });
         })
         .await
     }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::addr::Addr;
-use crate::workers;
+use crate::rt::workers;
 
 /// Idle upstream connections are kept this long for reuse. Shorter than the 120 s or more most
 /// servers allow, so cairn closes first and rarely writes to a connection the server dropped.
@@ -36,7 +36,8 @@ impl Reusable for TcpStream {
 }
 
 /// Idle connections of one kind, by instance and by worker: a connection is only reused on the
-/// worker whose poller it is registered with, so its wake-ups never cross threads.
+/// worker whose poller it is registered with, so its wake-ups never cross threads (the
+/// invariant of [`workers`]). The sweep, on whichever thread, only drops connections.
 pub(super) struct Shelf<C> {
     /// Per instance, per worker, the most recently used last.
     idle: Mutex<HashMap<Addr, Vec<Vec<Idle<C>>>>>,
@@ -129,5 +130,29 @@ impl<C: Reusable> Shelf<C> {
         self.idle
             .lock()
             .expect("the shelf lock is never held across a panic")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::rt::workers::as_worker;
+
+    #[tokio::test]
+    async fn a_socket_is_taken_back_only_by_the_worker_that_put_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Addr::Ip(listener.local_addr().unwrap());
+        let socket = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let _peer = listener.accept().await.unwrap();
+        let shelf = Shelf::new();
+        assert!(as_worker(1, || shelf.put(addr.clone(), socket)));
+        assert!(as_worker(0, || shelf.take(&addr)).is_none());
+        assert!(as_worker(2, || shelf.take(&addr)).is_none());
+        assert_eq!(shelf.count(&addr), 1);
+        assert!(as_worker(1, || shelf.take(&addr)).is_some());
     }
 }

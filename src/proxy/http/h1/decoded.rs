@@ -18,7 +18,6 @@ use tracing::debug;
 
 use super::chunked::Piece;
 use super::client::{poll_read, send, SendFail, Upload};
-use super::deadline::Deadline;
 use super::framing::{Framing, Left, MAX_READ, READ_SIZE};
 use super::head::MAX_HEADERS;
 use super::response::{parse_response, Emit, ResponseHead};
@@ -26,6 +25,7 @@ use super::upload::Uploading;
 use crate::addr::Addr;
 use crate::proxy::http::body::BodyError;
 use crate::proxy::http::pool::Pool;
+use crate::rt::deadline::Deadline;
 
 /// The most trailer bytes a chunked response may end with.
 const MAX_TRAILERS: usize = 64 * 1024;

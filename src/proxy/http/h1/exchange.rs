@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use tracing::debug;
 
 use super::chunked::BadChunk;
 use super::client::{send, SendFail};
-use super::deadline::Deadline;
 use super::framing::{Left, MAX_READ, READ_SIZE};
 use super::head::{end_request, write_request, RequestHead};
 use super::response::{parse_response, write_answer, Framing, ResponseHead, Written};
@@ -25,6 +23,8 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::http::pool::Pool;
 use crate::proxy::http::routes::{Route, Routes, Routing};
 use crate::proxy::metrics::{Active, ListenerMetrics};
+use crate::rt::deadline::Deadline;
+use crate::rt::flag::Flag;
 
 /// What one listener tells the HTTP/1.1 path.
 pub(crate) struct Site<'a> {
@@ -48,13 +48,13 @@ pub(super) struct Exchange<'a> {
     /// The client's address as X-Forwarded-For lists it.
     peer_ip: String,
     /// Set once cairn drains: the connection closes after the response in flight.
-    drained: &'a AtomicBool,
+    drained: &'a Flag,
     /// The head being written: the request's to the instance, then the response's to the client.
     out: Vec<u8>,
 }
 
 impl<'a> Exchange<'a> {
-    pub(super) fn new(client: TcpStream, peer: SocketAddr, drained: &'a AtomicBool) -> Self {
+    pub(super) fn new(client: TcpStream, peer: SocketAddr, drained: &'a Flag) -> Self {
         Exchange {
             client,
             peer,
@@ -126,7 +126,7 @@ impl<'a> Exchange<'a> {
             }
             self.out.extend_from_slice(body);
             let inflight = attempts.begin();
-            let close = req.close || self.drained.load(Ordering::Relaxed);
+            let close = req.close || self.drained.is_set();
             timer.reset(route.config.request_timeout);
             let sent = tokio::select! {
                 sent = send(&route.pool, &addr, &mut self.out, None, |read, out| {
@@ -261,7 +261,7 @@ impl<'a> Exchange<'a> {
         timer: &mut Deadline,
     ) -> bool {
         e.count(site.metrics);
-        let close = close || self.drained.load(Ordering::Relaxed);
+        let close = close || self.drained.is_set();
         write_answer(&mut self.out, e.status(), &e.line(), close);
         let mut idle = Idle {
             after: site.limits.idle_timeout,

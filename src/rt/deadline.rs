@@ -11,14 +11,14 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 /// A deadline, lazily re-armed.
-pub(super) struct Deadline {
+pub(crate) struct Deadline {
     sleep: Pin<Box<Sleep>>,
     at: Instant,
 }
 
 impl Deadline {
     /// A deadline `after` from now.
-    pub(super) fn after(after: Duration) -> Deadline {
+    pub(crate) fn after(after: Duration) -> Deadline {
         let at = Instant::now() + after;
         Deadline {
             sleep: Box::pin(sleep_until(at)),
@@ -27,7 +27,7 @@ impl Deadline {
     }
 
     /// Moves the deadline to `after` from now.
-    pub(super) fn reset(&mut self, after: Duration) {
+    pub(crate) fn reset(&mut self, after: Duration) {
         self.at = Instant::now() + after;
         if self.at < self.sleep.deadline() {
             self.sleep.as_mut().reset(self.at);
@@ -35,12 +35,12 @@ impl Deadline {
     }
 
     /// Resolves once the deadline has passed.
-    pub(super) async fn passed(&mut self) {
+    pub(crate) async fn passed(&mut self) {
         std::future::poll_fn(|cx| self.poll_passed(cx)).await;
     }
 
     /// Ready once the deadline has passed; the task is woken then.
-    pub(super) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             if Instant::now() >= self.at {
