@@ -30,6 +30,8 @@ pub(crate) mod exchange;
 pub(crate) mod framing;
 pub(crate) mod head;
 pub(crate) mod response;
+#[cfg(test)]
+mod tests;
 pub(crate) mod upload;
 pub(crate) mod write;
 
