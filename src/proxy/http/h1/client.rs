@@ -8,8 +8,9 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -80,7 +81,7 @@ pub(super) async fn send(
                     Poll::Pending => {}
                 }
             }
-            poll_read(cx, &up, &mut read).map_err(|e| SendFail::Failed(e.to_string()))
+            poll_read(cx, &mut up, &mut read).map_err(|e| SendFail::Failed(e.to_string()))
         })
         .await?;
         if got == 0 {
@@ -89,19 +90,15 @@ pub(super) async fn send(
     }
 }
 
-/// Reads what `io` has into `buf`.
+/// Reads what `io` has into `buf`. Through tokio's reader, which takes a short read to mean
+/// the socket is drained: the next wait goes to the poller, not to a read that finds nothing
+/// (`try_read` would cost one more system call per response).
 pub(super) fn poll_read(
     cx: &mut Context<'_>,
-    io: &TcpStream,
+    io: &mut TcpStream,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            got => return Poll::Ready(got),
-        }
-    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// The response head at the start of `read`, once it has all arrived; interim answers are

@@ -1,19 +1,22 @@
 //! One request on cairn's own HTTP/1.1 path: the instances it tries, the bare socket it is
 //! written to, and the response passed back to the client as it comes.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::BadChunk;
-use super::client::{send, SendFail};
+use super::client::{poll_read, send, SendFail};
 use super::framing::{Left, MAX_READ, READ_SIZE};
 use super::head::{end_request, write_request, RequestHead};
 use super::response::{parse_response, write_answer, Framing, ResponseHead, Written};
@@ -197,7 +200,6 @@ impl<'a> Exchange<'a> {
             read.advance(n);
             n = 0;
         }
-        idle.progress();
         if idle.write(&mut self.client, &self.out).await.is_err() {
             return Ok(false);
         }
@@ -217,18 +219,14 @@ impl<'a> Exchange<'a> {
             }
             read.reserve(want);
             let room = read.capacity();
-            let got = tokio::select! {
-                biased;
-                got = up.read_buf(&mut read) => got,
-                _ = idle.deadline.passed() => {
-                    debug!(%addr, "instance sent nothing of the response body within the idle timeout");
+            match idle.read(&mut up, &mut read).await {
+                Ok(0) if left.closed() => break,
+                Ok(0) => {
+                    debug!(%addr, "instance closed before the end of the response body");
                     return Ok(false);
                 }
-            };
-            match got {
-                Ok(0) if left.closed() => break,
-                Ok(0) | Err(_) => {
-                    debug!(%addr, "instance closed before the end of the response body");
+                Err(e) => {
+                    debug!(%addr, error = %e, "response body cut");
                     return Ok(false);
                 }
                 // A read that fills the buffer says a large body is streaming: larger reads
@@ -236,7 +234,6 @@ impl<'a> Exchange<'a> {
                 Ok(got) if got == room && want < MAX_READ => want *= 2,
                 Ok(_) => {}
             }
-            idle.progress();
             n = match left.take(&read) {
                 Ok(n) => n,
                 Err(e) => {
@@ -267,41 +264,61 @@ impl<'a> Exchange<'a> {
             after: site.limits.idle_timeout,
             deadline: timer,
         };
-        idle.progress();
         idle.write(&mut self.client, &self.out).await.is_ok() && !close
     }
 }
 
-/// The idle timeout while a response streams: each read from the instance and each write to
-/// the client that makes progress moves the deadline; one that makes none before it passes ends
-/// the exchange.
+/// The idle timeout while a response streams: a read from the instance or a write to the
+/// client that has to wait may wait `after`, then the exchange ends. The deadline is set only
+/// when one has to wait, so an exchange whose reads and writes all complete at once reads no
+/// clock and touches no timer.
 struct Idle<'d> {
     after: Duration,
     deadline: &'d mut Deadline,
 }
 
 impl Idle<'_> {
-    fn progress(&mut self) {
-        self.deadline.reset(self.after);
-    }
-
-    /// Writes `bytes` to `io`, giving up when a write makes no progress within the timeout.
+    /// Writes `bytes` to `io`, giving up when the client takes nothing for the timeout.
     async fn write(&mut self, io: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let n = tokio::select! {
+            match io.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            self.deadline.reset(self.after);
+            tokio::select! {
                 biased;
-                n = io.write(bytes) => n?,
+                ready = io.writable() => ready?,
                 _ = self.deadline.passed() => {
                     debug!("client read nothing of the response within the idle timeout");
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
             }
-            bytes = &bytes[n..];
-            self.progress();
         }
         Ok(())
+    }
+
+    /// Reads what `io` has into `buf`, giving up when the instance sends nothing for the
+    /// timeout.
+    async fn read(&mut self, io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+        // A first attempt without the deadline: most reads find bytes waiting.
+        let now = poll_fn(|cx| Poll::Ready(poll_read(cx, io, buf))).await;
+        if let Poll::Ready(got) = now {
+            return got;
+        }
+        self.deadline.reset(self.after);
+        tokio::select! {
+            biased;
+            got = io.read_buf(buf) => got,
+            _ = self.deadline.passed() => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the instance sent nothing of the response body within the idle timeout",
+            )),
+        }
     }
 }
