@@ -90,7 +90,7 @@ impl ListWatch for EtcdSource {
             .watch(self.prefix.clone(), Some(options))
             .await;
         self.etcd.metrics().count(Op::Watch, opened.is_ok());
-        Ok(opened?)
+        opened.map_err(|e| self.etcd.at(e))
     }
 }
 

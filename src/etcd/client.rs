@@ -68,7 +68,10 @@ fn options(config: &EtcdConfig) -> ConnectOptions {
 /// When an endpoint URL cannot be used at all.
 pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
     let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.as_str()).collect();
-    Ok(Client::connect(endpoints, Some(options(config))).await?)
+    let named = endpoints.join(",");
+    Client::connect(endpoints, Some(options(config)))
+        .await
+        .map_err(|e| EtcdError::from(e).context(format_args!("etcd at {named}")))
 }
 
 /// A client for one member alone, for its status.
@@ -76,7 +79,9 @@ pub(crate) async fn connect_member(
     config: &EtcdConfig,
     endpoint: &str,
 ) -> Result<Client, EtcdError> {
-    Ok(Client::connect([endpoint], Some(options(config))).await?)
+    Client::connect([endpoint], Some(options(config)))
+        .await
+        .map_err(|e| EtcdError::from(e).context(format_args!("etcd at {endpoint}")))
 }
 
 /// A connection to etcd with the user it authenticates as and the metrics of its calls.
@@ -131,6 +136,12 @@ impl Etcd {
         &self.metrics
     }
 
+    /// `e`, said to come from this connection's endpoints: what an operator reads names where
+    /// cairn was talking to.
+    pub fn at(&self, e: impl Into<EtcdError>) -> EtcdError {
+        e.into().context(format_args!("etcd at {}", self.endpoints))
+    }
+
     /// Authenticates again, for a fresh token: streams carry the token they were opened with,
     /// and etcd refuses a watch created on a stream whose token expired. Nothing to do without
     /// credentials.
@@ -173,6 +184,10 @@ pub struct Listing {
 /// # Errors
 /// Any failed call, including a compaction of the pinned revision while paging (list again).
 pub async fn list_prefix(etcd: &Etcd, prefix: &str) -> Result<Listing, EtcdError> {
+    list_pages(etcd, prefix).await.map_err(|e| etcd.at(e))
+}
+
+async fn list_pages(etcd: &Etcd, prefix: &str) -> Result<Listing, EtcdError> {
     let mut kv = etcd
         .client
         .kv_client()

@@ -87,21 +87,67 @@ impl From<ClientError> for EtcdError {
     }
 }
 
-/// The gRPC message and its innermost cause, without the nested debug output of the transport
-/// stack.
+/// The gRPC message (or the client's own) and the causes below it, walked once, each said once:
+/// a transport error says what failed under it (the TLS alert, the refused connection, the name
+/// mismatch), not "transport error" twice.
 pub(super) fn describe(e: &ClientError) -> String {
-    let ClientError::GRpcStatus(status) = e else {
-        return e.to_string();
+    use std::error::Error as _;
+    // etcd-client's error has no source of its own: the chain starts at what it wraps.
+    let (top, below) = match e {
+        ClientError::GRpcStatus(status) => (status.message().to_string(), status.source()),
+        ClientError::TransportError(t) => ("transport error".to_string(), t.source()),
+        ClientError::IoError(io) => (e.to_string(), io.source()),
+        other => (other.to_string(), None),
     };
-    let out = status.message().to_string();
-    let mut cause = std::error::Error::source(status);
-    let mut innermost = None;
-    while let Some(c) = cause {
-        innermost = Some(c.to_string());
-        cause = c.source();
+    let mut parts = vec![top];
+    let mut next = below;
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
     }
-    match innermost {
-        Some(root) if !out.contains(&root) => format!("{out}: {root}"),
-        _ => out,
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn a_transport_error_says_what_failed_under_it_once() {
+        let chain = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "transport error",
+                Some(Box::new(Layer(
+                    "invalid peer certificate: UnknownIssuer",
+                    None,
+                ))),
+            ))),
+        );
+        let status = tonic::Status::from_error(Box::new(chain));
+        let text = describe(&ClientError::GRpcStatus(status));
+        assert_eq!(text.matches("transport error").count(), 1, "{text}");
+        assert!(
+            text.ends_with("invalid peer certificate: UnknownIssuer"),
+            "{text}"
+        );
     }
 }

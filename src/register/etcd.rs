@@ -53,18 +53,20 @@ impl LeaseKeys for EtcdLeases {
         // change to etcd's users and roles makes every older token stale.
         self.etcd.authenticate().await?;
         let mut leases = self.etcd.client().lease_client();
-        self.metrics()
+        let granted = self
+            .metrics()
             .observe(Op::LeaseGrant, async {
                 Ok(leases.grant(ttl, None).await?.id())
             })
-            .await
+            .await;
+        granted.map_err(|e| self.etcd.at(e))
     }
 
     async fn keep_alive(&mut self, lease: i64) -> Result<Self::KeepAlive, EtcdError> {
         self.etcd.authenticate().await?;
         let opened = self.etcd.client().lease_client().keep_alive(lease).await;
         self.etcd.metrics().count(Op::KeepAlive, opened.is_ok());
-        let (keeper, stream) = opened?;
+        let (keeper, stream) = opened.map_err(|e| self.etcd.at(e))?;
         Ok(KeepAliveStream {
             keeper,
             stream,

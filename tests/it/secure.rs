@@ -124,7 +124,7 @@ async fn check_reads_every_tls_file_and_refuses_mixed_schemes() {
         ),
         (
             format!("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\nca_file = \"{}\"\n", not_pem.display()),
-            "does not hold a PEM certificate",
+            "holds no PEM certificate",
         ),
         (
             format!("[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\ncert_file = \"{}\"\n", pki.client_cert.display()),
@@ -149,6 +149,124 @@ async fn check_reads_every_tls_file_and_refuses_mixed_schemes() {
         assert!(err.contains(want), "wanted {want:?} in: {err}");
         assert!(!err.contains("hunter2"), "a password leaked: {err}");
     }
+}
+
+#[tokio::test]
+async fn every_tls_file_is_decoded_whole_by_check_and_by_run() {
+    let pki = Pki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let empty_cert = dir.path().join("empty-cert.pem");
+    std::fs::write(
+        &empty_cert,
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad_key = dir.path().join("bad-key.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN PRIVATE KEY-----\naGVsbG8gd29ybGQ=\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let tls = |ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    // The file of issue 23: a PEM block with a line of text in it.
+    let text_cert = dir.path().join("text-cert.pem");
+    std::fs::write(
+        &text_cert,
+        "-----BEGIN CERTIFICATE-----\nhello\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for (text, field, file, why) in [
+        (
+            tls(&pki.ca, &text_cert, &pki.client_key),
+            "etcd.tls.cert_file",
+            &text_cert,
+            "is not readable PEM",
+        ),
+        (
+            tls(&pki.ca, &empty_cert, &pki.client_key),
+            "etcd.tls.cert_file",
+            &empty_cert,
+            "is not an X.509 certificate",
+        ),
+        (
+            tls(&pki.ca, &pki.client_cert, &bad_key),
+            "etcd.tls.key_file",
+            &bad_key,
+            "cannot be used for TLS",
+        ),
+        (
+            tls(&pki.ca, &pki.client_cert, &pki.server_key),
+            "etcd.tls.key_file",
+            &pki.server_key,
+            "is not the key of the certificate",
+        ),
+        (
+            tls(&pki.client_cert, &pki.client_cert, &pki.client_key),
+            "etcd.tls.ca_file",
+            &pki.client_cert,
+            "holds no CA certificate",
+        ),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let file = file.display().to_string();
+        // check refuses it, and so does run, before connecting.
+        for command in ["check", "run"] {
+            let (status, _, err) = run(&[command, "-c", path.to_str().unwrap()]);
+            assert_eq!(status.code(), Some(1), "{command} accepted:\n{text}\n{err}");
+            assert!(
+                err.contains(field) && err.contains(&file) && err.contains(why),
+                "{command}: wanted {field}, {file} and {why:?} in: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+    // The command line's TLS flags are read the same way.
+    let (status, _, err) = run(&[
+        "list",
+        "--endpoints",
+        "https://127.0.0.1:2379",
+        "--ca-file",
+        pki.client_cert.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--ca-file") && err.contains("holds no CA certificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_fails_verification_is_named_with_the_cause_not_transport_error() {
+    let pki = Arc::new(Pki::generate());
+    let etcd = Etcd::start_secure(Arc::clone(&pki), &[]).await;
+    let member = etcd.endpoint();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{member}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}",
+        pki.other_ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    ))
+    .await;
+    // The registry list fails: the warning names where and why, once.
+    let line = eventually(SOON, "the list failure is logged", || async {
+        cairn
+            .log()
+            .lines()
+            .find(|l| l.contains("listing the registry failed"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.contains(&format!("etcd at {member}")), "{line}");
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    assert!(!line.contains("transport error: transport error"), "{line}");
 }
 
 /// etcd with auth, a 2 s token lifetime, and users: `cairn` (readwrite on /services/). etcd
