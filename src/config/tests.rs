@@ -110,6 +110,27 @@ fn bad_enums_endpoints_and_prefix_are_rejected() {
 }
 
 #[test]
+fn grpc_services_speak_http2_to_their_instances() {
+    let c = parse(
+        "[[service]]\nname = \"orders\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"grpc\"\nrequest_timeout = \"2s\"\nidle_timeout = \"5s\"\n",
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.protocol, Protocol::Grpc);
+    assert!(s.route.h2);
+    assert_eq!(s.limits.idle_timeout, Duration::from_secs(5));
+    let http =
+        parse("[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\n")
+            .unwrap();
+    assert!(!http.services[0].route.h2);
+    let e = parse(
+        "[[service]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"grpc\"\ntcp_keepalive = \"5s\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("tcp_keepalive"), "{e}");
+}
+
+#[test]
 fn http_services_and_gateways_are_read() {
     let c = parse(
         "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\nrequest_timeout = \"2s\"\nrewrite_host = true\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_header_bytes = 16384\n\n[[gateway]]\nlisten = \"127.0.0.1:2\"\nhost_suffix = \".SVC.local\"\n",

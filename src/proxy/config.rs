@@ -26,6 +26,9 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 and h2c are proxied; one instance is picked per request.
     Http,
+    /// gRPC: clients' HTTP/2 calls go to instances over HTTP/2 (h2c), one instance picked per
+    /// call.
+    Grpc,
 }
 
 impl Protocol {
@@ -34,6 +37,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct RouteConfig {
     pub request_timeout: Duration,
     /// HTTP: send the instance's address as Host instead of the client's Host.
     pub rewrite_host: bool,
+    /// The instances speak HTTP/2 (`protocol = "grpc"`): every request goes to them over it.
+    pub h2: bool,
 }
 
 impl Default for RouteConfig {
@@ -112,6 +118,7 @@ impl Default for RouteConfig {
             retries: 2,
             request_timeout: Duration::from_secs(30),
             rewrite_host: false,
+            h2: false,
         }
     }
 }
@@ -278,7 +285,7 @@ impl RawService {
                     relay.keepalive = (!k.is_zero()).then_some(k);
                 }
             }
-            Protocol::Http => {
+            Protocol::Http | Protocol::Grpc => {
                 if let Some(k) = &self.tcp_keepalive {
                     return Err(key.at(
                         "tcp_keepalive",
@@ -353,6 +360,7 @@ impl RawService {
                 defaults.request_timeout,
             )?,
             rewrite_host: self.rewrite_host.unwrap_or(defaults.rewrite_host),
+            h2: protocol == Protocol::Grpc,
         };
         let key_prefix = match &self.key {
             None => None,
@@ -382,7 +390,7 @@ impl RawService {
             limits: RawLimits {
                 max_connections: self.max_connections.as_ref(),
                 idle_timeout: match protocol {
-                    Protocol::Http => self.idle_timeout.as_ref(),
+                    Protocol::Http | Protocol::Grpc => self.idle_timeout.as_ref(),
                     Protocol::Tcp => None,
                 },
                 max_header_bytes: self.max_header_bytes.as_ref(),

@@ -28,6 +28,8 @@
 //! - [`forward`]: sending a request hyper's server took to an instance, through cairn's own
 //!   client or (upgrades) hyper's, with retries and failure answers.
 //! - [`headers`]: the fate of each header, and what cairn reads from them.
+//! - [`grpc`]: which requests are gRPC calls, their deadline, and cairn's own gRPC answers.
+//! - [`h2`]: HTTP/2 connections to instances, one per instance and worker, for gRPC.
 //! - [`body`]: the request body that a failed connect hands to the next attempt.
 //! - [`pool`]: idle sockets to instances, and the connection of an upgrade.
 //! - [`shelf`]: idle upstream sockets, checked before reuse and swept.
@@ -36,7 +38,9 @@
 pub(crate) mod activity;
 pub(crate) mod body;
 pub(crate) mod forward;
+pub(crate) mod grpc;
 pub(crate) mod h1;
+pub(crate) mod h2;
 pub(crate) mod headers;
 pub(crate) mod listener;
 pub(crate) mod pool;

@@ -211,9 +211,10 @@ impl Plane {
                             abort.clone(),
                         ))
                     }
-                    Protocol::Http => self.spawn_http(
+                    Protocol::Http | Protocol::Grpc => self.spawn_http(
                         Routing::Service(service.name.to_string()),
                         service.limits,
+                        service.protocol == Protocol::Http,
                         metrics,
                         listener,
                         caps,
@@ -228,6 +229,7 @@ impl Plane {
                         suffix: gateway.host_suffix.clone(),
                     },
                     gateway.limits,
+                    true,
                     metrics,
                     listener,
                     caps,
@@ -251,10 +253,12 @@ impl Plane {
     }
 
     /// Starts an HTTP listener; `tokens` are its stop, drain and abort.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_http(
         &self,
         routing: Routing,
         limits: Limits,
+        own_h1: bool,
         metrics: ListenerMetrics,
         listener: TcpListener,
         caps: Caps,
@@ -271,6 +275,7 @@ impl Plane {
             },
             limits,
             workers: self.shared.workers.clone(),
+            own_h1,
         });
         tokio::spawn(http.run(
             listener,

@@ -12,6 +12,7 @@ mod discovery;
 mod ejection;
 mod floods;
 mod framing;
+mod grpc;
 mod h2c;
 mod hostile;
 mod http;

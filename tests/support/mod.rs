@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod cairn;
 pub mod etcd;
+pub mod grpc;
 pub mod http;
 pub mod pki;
 pub mod raw;

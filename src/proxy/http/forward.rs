@@ -5,6 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -16,11 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::body::{Guarded, ProxyBody, Reclaimable, RequestBody};
+use super::grpc;
 use super::h1::client::{SendFail, Upload};
 use super::h1::decoded::send_request;
 use super::h1::head::{end_request, request_line};
 use super::h1::write::{write_forwarded, BodyFraming, Forwarding};
-use super::headers::{request_host, strip_hop_by_hop, upgrade_protocol, ALLOWED};
+use super::h2::CallError;
+use super::headers::{request_host, strip_hop_by_hop, upgrade_protocol, Listed, ALLOWED};
 use super::pool::SendError;
 use super::routes::Route;
 use super::upgrade::tunnel;
@@ -43,16 +47,34 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// Sends `req` to an instance of `route`; a failure becomes cairn's own answer.
+    /// Sends `req` to an instance of `route`; a failure becomes cairn's own answer. A gRPC
+    /// call, and every request of a route whose instances speak HTTP/2, goes over HTTP/2.
     pub(crate) async fn forward(
         &self,
         route: &Route,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        match self.send(route, req, peer).await {
+        let call = grpc::is_grpc(req.headers());
+        let sent = if call || route.config.h2 {
+            self.send_call(route, req, peer).await
+        } else {
+            self.send(route, req, peer).await
+        };
+        match sent {
             Ok(resp) => resp,
-            Err(e) => self.answer(&e),
+            Err(e) => self.answer_as(&e, call),
+        }
+    }
+
+    /// cairn's own answer for `e`: gRPC's trailers-only form to a gRPC call, else one line of
+    /// text.
+    pub(crate) fn answer_as(&self, e: &ProxyError, call: bool) -> Response<ProxyBody> {
+        if call {
+            e.count(&self.metrics);
+            grpc::answer(e)
+        } else {
+            self.answer(e)
         }
     }
 
@@ -141,6 +163,98 @@ impl Forwarder {
                 }
             };
             addr = attempts.failed(&addr, &cause)?;
+        }
+    }
+
+    /// Sends a call over HTTP/2, as a stream of this worker's connection to the instance picked
+    /// for it, failing over while nothing of it has been sent. A `grpc-timeout` bounds the wait
+    /// for the answer (capped by `request_timeout`) and reaches the instance reduced by the
+    /// time spent in cairn.
+    async fn send_call(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let started = Instant::now();
+        let (mut attempts, mut addr) = route.attempts(&self.metrics, req.headers(), peer)?;
+        let asked = grpc::timeout(req.headers());
+        let deadline = asked.map_or(route.config.request_timeout, |t| {
+            t.min(route.config.request_timeout)
+        });
+        let (parts, body) = req.into_parts();
+        let host = request_host(&parts.headers, &parts.uri).map(str::to_string);
+        let peer_ip = peer.ip().to_string();
+        // HTTP/2 frames the body itself: only a declared length goes on.
+        let framing = match body_framing(&parts.headers, &body) {
+            BodyFraming::Length(n) => BodyFraming::Length(n),
+            _ => BodyFraming::None,
+        };
+        let how = Forwarding {
+            peer_ip: &peer_ip,
+            host: host.as_deref().map(str::as_bytes),
+            body: framing,
+            upgrade: None,
+        };
+        let mut headers = HeaderMap::new();
+        write_forwarded(&parts.headers, &how, &mut headers);
+        // gRPC asks for trailers end to end; `te: trailers` is the one TE HTTP/2 allows.
+        let trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| Listed::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case("trailers")));
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        headers.remove("grpc-timeout");
+        let target = origin_target(&parts.uri).to_string();
+        let mut call = Request::new(body);
+        *call.method_mut() = parts.method;
+        *call.version_mut() = Version::HTTP_2;
+        *call.headers_mut() = headers;
+        loop {
+            let authority = match &host {
+                Some(h) if !route.config.rewrite_host => h.clone(),
+                _ => addr.to_string(),
+            };
+            *call.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(target.as_str())
+                .build()
+                .map_err(|e| upstream_error(route, addr.clone(), e.to_string()))?;
+            let left = deadline.saturating_sub(started.elapsed());
+            if asked.is_some() {
+                call.headers_mut()
+                    .insert("grpc-timeout", grpc::timeout_value(left));
+            }
+            let inflight = attempts.begin();
+            let sent = tokio::time::timeout(left, route.pool.send_call(&addr, call))
+                .await
+                .map_err(|_| ProxyError::Timeout {
+                    service: route.service.clone(),
+                    addr: addr.clone(),
+                    after: deadline,
+                })?;
+            match sent {
+                Ok(resp) => {
+                    attempts.answered(&addr, resp.status());
+                    // The call stays in flight on its instance until its answer has ended.
+                    return Ok(
+                        resp.map(|body| Guarded::new(body, inflight).map_err(Into::into).boxed())
+                    );
+                }
+                // Nothing of the call was sent: the next instance takes it.
+                Err(CallError::Unsent(cause, back)) => {
+                    call = *back;
+                    addr = attempts.failed(&addr, &cause)?;
+                }
+                Err(CallError::Failed(cause)) => {
+                    debug!(service = %route.service, %addr, error = %cause, "upstream call failed");
+                    return Err(upstream_error(route, addr, cause));
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -23,6 +24,7 @@ use tracing::debug;
 use super::activity::{Activity, Tracked};
 use super::body::ProxyBody;
 use super::forward::Forwarder;
+use super::grpc;
 use super::h1::{self, Served, Site};
 use super::headers::{request_host, Listed, ALLOWED};
 use super::prefixed::Prefixed;
@@ -51,6 +53,9 @@ pub(crate) struct HttpListener {
     pub(crate) limits: Limits,
     /// The workers connections are dealt to.
     pub(crate) workers: Workers,
+    /// HTTP/1.1 requests may take cairn's own path; not on a gRPC listener, whose instances
+    /// speak HTTP/2 only.
+    pub(crate) own_h1: bool,
 }
 
 impl HttpListener {
@@ -99,7 +104,11 @@ impl HttpListener {
                         metrics: &this.forwarder.metrics,
                         limits: &this.limits,
                     };
-                    let served = h1::serve(&site, stream, peer, &draining, abort).await;
+                    let served = if this.own_h1 {
+                        h1::serve(&site, stream, peer, &draining, abort).await
+                    } else {
+                        Served::Elsewhere(stream, BytesMut::new())
+                    };
                     if let Served::Elsewhere(stream, read) = served {
                         let io = TokioIo::new(Prefixed::new(read, stream));
                         Arc::clone(&this)
@@ -185,6 +194,7 @@ impl HttpListener {
         let metrics = &self.forwarder.metrics;
         metrics.requests.inc();
         let _active = Active::new(&metrics.active);
+        let call = grpc::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             return self.forwarder.answer(&ProxyError::Connect);
         }
@@ -196,7 +206,9 @@ impl HttpListener {
         );
         if let Some(name) = listed.framing() {
             debug!(%peer, name, "request lists a framing header in Connection, refused");
-            return self.forwarder.answer(&ProxyError::FramingListed { name });
+            return self
+                .forwarder
+                .answer_as(&ProxyError::FramingListed { name }, call);
         }
         drop(listed);
         if req.uri() == "*" {
@@ -215,7 +227,7 @@ impl HttpListener {
         let host = request_host(req.headers(), req.uri());
         let route = match self.routing.route(&self.routes.load(), host) {
             Ok(route) => route,
-            Err(e) => return self.forwarder.answer(&e),
+            Err(e) => return self.forwarder.answer_as(&e, call),
         };
         self.forwarder.forward(&route, req, peer).await
     }

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::h2::{CallBody, CallError, H2Conns};
 use super::shelf::Shelf;
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
@@ -44,6 +45,8 @@ pub(crate) struct Pool {
     own: Arc<OwnAddrs>,
     /// Idle bare sockets.
     sockets: Shelf<TcpStream>,
+    /// HTTP/2 connections, for instances that speak it (gRPC).
+    h2: H2Conns,
     /// Whether the sweeper task runs.
     sweeping: AtomicBool,
 }
@@ -54,6 +57,7 @@ impl Pool {
             connect_timeout,
             own,
             sockets: Shelf::new(),
+            h2: H2Conns::new(),
             sweeping: AtomicBool::new(false),
         })
     }
@@ -92,6 +96,23 @@ impl Pool {
         })
     }
 
+    /// Sends a call over this worker's HTTP/2 connection to `addr`.
+    ///
+    /// # Errors
+    /// As for [`H2Conns::send`].
+    pub(crate) async fn send_call(
+        self: &Arc<Self>,
+        addr: &Addr,
+        call: Request<CallBody>,
+    ) -> Result<Response<Incoming>, CallError> {
+        let sent = self
+            .h2
+            .send(addr, self.connect_timeout, &self.own, call)
+            .await;
+        self.sweeping();
+        sent
+    }
+
     /// A bare socket to `addr`: an idle one, or a new one. The flag tells whether it was idle.
     ///
     /// # Errors
@@ -123,9 +144,11 @@ impl Pool {
         }
     }
 
-    /// Drops the idle sockets that closed or aged out.
+    /// Drops the idle sockets that closed or aged out, and forgets the HTTP/2 connections
+    /// that closed.
     fn sweep(&self) {
         self.sockets.sweep();
+        self.h2.sweep();
     }
 
     /// The idle sockets per instance: for tests.

@@ -1,0 +1,248 @@
+//! gRPC end to end: real grpcio servers registered in a real etcd, a real grpcio client
+//! through cairn. Each call is balanced on its own, cairn's own failures are gRPC statuses,
+//! deadlines hold, and messages and streams of any size pass.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::cairn::{Cairn, ADMIN};
+use crate::support::etcd::Etcd;
+use crate::support::grpc::{grpc_job, GrpcServer};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// etcd, `servers` registered as `echo/<id>`, and cairn with a gRPC service `echo` and `extra`.
+async fn setup(ids: &[&str], extra: &str) -> (Etcd, Vec<GrpcServer>, Cairn) {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let servers: Vec<GrpcServer> = ids.iter().map(|id| GrpcServer::start(id)).collect();
+    for (id, server) in ids.iter().zip(&servers) {
+        kv.put(
+            format!("/services/echo/{id}"),
+            server.addr.to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n{extra}\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", ids, SOON).await;
+    (etcd, servers, cairn)
+}
+
+fn results(out: &Value) -> &Vec<Value> {
+    out["results"].as_array().expect("results")
+}
+
+fn codes(out: &Value) -> Vec<i64> {
+    results(out)
+        .iter()
+        .map(|r| r["code"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn unary_calls_on_one_connection_are_spread_over_every_instance() {
+    let (_etcd, _servers, cairn) = setup(&["a", "b", "c"], "").await;
+    let out = grpc_job(
+        cairn.listen(0),
+        json!({"calls": 300, "method": "Who", "metadata": [["x-echo", "hello"]]}),
+    )
+    .await;
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for r in results(&out) {
+        assert_eq!(r["code"], 0, "{r}");
+        let id = r["response"].as_str().unwrap().to_string();
+        // Metadata both ways and the trailers arrive intact.
+        assert!(
+            r["initial"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["x-server", id])),
+            "{r}"
+        );
+        assert!(
+            r["initial"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["x-echo", "hello"])),
+            "{r}"
+        );
+        assert!(
+            r["trailing"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["x-trailer", id])),
+            "{r}"
+        );
+        *per.entry(id).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    for (id, n) in &per {
+        assert!((85..=115).contains(n), "{id} got {n} of 300: {per:?}");
+    }
+}
+
+#[tokio::test]
+async fn cairns_own_failures_are_grpc_statuses_naming_the_service() {
+    let (etcd, _servers, cairn) = setup(&["a"], "request_timeout = \"400ms\"").await;
+    let listen = cairn.listen(0);
+    let one = |job: Value| async move { grpc_job(listen, job).await["results"][0].clone() };
+
+    // The instance's own status passes through untouched.
+    let r = one(json!({"calls": 1, "method": "Fail", "payload": "5"})).await;
+    assert_eq!(
+        (r["code"].as_i64(), r["details"].as_str()),
+        (Some(5), Some("failed on a"))
+    );
+
+    // No answer within request_timeout, the client setting no deadline: cairn answers 4.
+    let r = one(json!({"calls": 1, "method": "Sleep", "payload": "1"})).await;
+    assert_eq!(r["code"], 4, "{r}");
+    assert!(r["details"].as_str().unwrap().contains("\"echo\""), "{r}");
+    assert!(r["seconds"].as_f64().unwrap() < 0.9, "{r}");
+    // The client's deadline reaches the instance, reduced by the time spent in cairn, and
+    // capped by request_timeout; a call without one gets none (a stream may outlive
+    // request_timeout once its headers came).
+    let r = one(json!({"calls": 1, "method": "Left", "timeout": 0.3})).await;
+    let left: f64 = r["response"].as_str().unwrap().parse().unwrap();
+    assert!(left > 0.1 && left < 0.3, "{r}");
+    let r = one(json!({"calls": 1, "method": "Left", "timeout": 5.0})).await;
+    let left: f64 = r["response"].as_str().unwrap().parse().unwrap();
+    assert!(left > 0.2 && left <= 0.4, "{r}");
+    let r = one(json!({"calls": 1, "method": "Left"})).await;
+    let left: f64 = r["response"].as_str().unwrap().parse().unwrap();
+    assert!(left > 1e6, "{r}");
+
+    // A refused connect: 14, naming the service and the instance.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut kv = etcd.client().await;
+    kv.delete("/services/echo/a", None).await.unwrap();
+    kv.put("/services/echo/dead", dead_addr.to_string(), None)
+        .await
+        .unwrap();
+    cairn.wait_instances("echo", &["dead"], SOON).await;
+    let r = one(json!({"calls": 1, "method": "Who"})).await;
+    assert_eq!(r["code"], 14, "{r}");
+    let details = r["details"].as_str().unwrap();
+    assert!(
+        details.contains("\"echo\"") && details.contains(&dead_addr.to_string()),
+        "{r}"
+    );
+
+    // No instance: 14.
+    kv.delete("/services/echo/dead", None).await.unwrap();
+    cairn.wait_instances("echo", &[], SOON).await;
+    let r = one(json!({"calls": 1, "method": "Who"})).await;
+    assert_eq!(r["code"], 14, "{r}");
+    assert!(
+        r["details"].as_str().unwrap().contains("has no instances"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_routes_calls_by_authority_and_answers_an_unknown_service_with_12() {
+    let etcd = Etcd::start().await;
+    let server = GrpcServer::start("g");
+    etcd.client()
+        .await
+        .put("/services/echo/g", server.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", &["g"], SOON).await;
+    let gateway = cairn.gateway(0);
+    // The channel's target names the authority: localhost is no service.
+    let out = grpc_job(gateway, json!({"calls": 1, "method": "Who"})).await;
+    let r = &results(&out)[0];
+    assert_eq!(r["code"], 12, "{r}");
+    assert!(r["details"].as_str().unwrap().contains("no service"), "{r}");
+    let out = grpc_job(
+        gateway,
+        json!({"calls": 3, "method": "Who", "authority": "echo"}),
+    )
+    .await;
+    assert_eq!(codes(&out), [0, 0, 0], "{out}");
+}
+
+#[tokio::test]
+async fn large_messages_and_long_streams_pass_every_way() {
+    let (_etcd, _servers, cairn) = setup(&["a"], "").await;
+    let listen = cairn.listen(0);
+    let big = 16 * 1024 * 1024;
+    let out = grpc_job(listen, json!({"calls": 1, "method": "Echo", "size": big})).await;
+    let r = &results(&out)[0];
+    assert_eq!(r["code"], 0, "{}", r["details"]);
+    assert_eq!(r["length"].as_u64(), Some(big as u64));
+
+    let out = grpc_job(listen, json!({"stream": "Count", "payload": "10000"})).await;
+    assert_eq!(
+        (out["code"].as_i64(), out["messages"].as_i64()),
+        (Some(0), Some(10000)),
+        "{out}"
+    );
+
+    let out = grpc_job(
+        listen,
+        json!({"stream": "Sum", "messages": 1000, "size": 1000}),
+    )
+    .await;
+    assert_eq!(
+        (out["code"].as_i64(), out["response"].as_str()),
+        (Some(0), Some("1000000")),
+        "{out}"
+    );
+
+    let out = grpc_job(
+        listen,
+        json!({"stream": "Chat", "messages": 10000, "size": 100}),
+    )
+    .await;
+    assert_eq!(
+        (
+            out["code"].as_i64(),
+            out["messages"].as_i64(),
+            out["bytes"].as_i64()
+        ),
+        (Some(0), Some(10000), Some(1_000_000)),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_killed_under_load_fails_only_the_calls_it_had() {
+    let (_etcd, mut servers, cairn) = setup(&["a", "b", "c"], "").await;
+    let listen = cairn.listen(0);
+    let load = tokio::spawn(grpc_job(
+        listen,
+        json!({"calls": 3000, "method": "Who", "concurrency": 8}),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!load.is_finished(), "the load ended before the kill");
+    servers[1].kill();
+    let out = load.await.unwrap();
+    let codes = codes(&out);
+    let failed: Vec<_> = codes.iter().filter(|c| **c != 0).collect();
+    // Only the calls in flight on the killed instance fail, as UNAVAILABLE.
+    assert!(failed.iter().all(|c| **c == 14), "{failed:?}");
+    assert!(failed.len() <= 8, "{} calls failed", failed.len());
+    // The calls after the kill went to the others.
+    let last: Vec<_> = results(&out)[2000..]
+        .iter()
+        .map(|r| r["response"].as_str().unwrap_or("-").to_string())
+        .collect();
+    assert!(last.iter().all(|id| id == "a" || id == "c"), "{last:?}");
+}
