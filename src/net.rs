@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 use crate::addr::Addr;
 
+pub(crate) mod grpc_health;
+
 /// The addresses this process listens on.
 #[derive(Debug, Default)]
 pub(crate) struct OwnAddrs(ArcSwap<Vec<SocketAddr>>);

@@ -131,6 +131,45 @@ fn grpc_services_speak_http2_to_their_instances() {
 }
 
 #[test]
+fn grpc_health_checks_are_read_for_services_and_registrations() {
+    let c = parse(
+        "[[service]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"grpc\"\n[service.health]\ngrpc = \"orders.v1.Orders\"\n\n[[register]]\nservice = \"o\"\naddr = \"10.0.0.1:9000\"\n[register.check]\ngrpc = \"127.0.0.1:9000\"\ngrpc_service = \"orders.v1.Orders\"\n",
+    )
+    .unwrap();
+    let h = c.services[0].health.as_ref().unwrap();
+    assert_eq!(
+        h.probe,
+        crate::proxy::HealthProbe::Grpc("orders.v1.Orders".into())
+    );
+    let check = c.registrations[0].check.as_ref().unwrap();
+    assert_eq!(
+        check.probe.to_string(),
+        "grpc 127.0.0.1:9000 \"orders.v1.Orders\""
+    );
+    for (text, want) in [
+        (
+            "[[service]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\n[service.health]\nhttp = \"/h\"\ngrpc = \"\"\n",
+            "a check is one of",
+        ),
+        (
+            "[[service]]\nname = \"o\"\nlisten = \"127.0.0.1:1\"\n[service.health]\ntcp = true\ngrpc = \"\"\n",
+            "a check is one of",
+        ),
+        (
+            "[[register]]\nservice = \"o\"\naddr = \"10.0.0.1:9000\"\n[register.check]\ntcp = \"127.0.0.1:9000\"\ngrpc_service = \"x\"\n",
+            "set grpc = ",
+        ),
+        (
+            "[[register]]\nservice = \"o\"\naddr = \"10.0.0.1:9000\"\n[register.check]\ntcp = \"127.0.0.1:9000\"\ngrpc = \"127.0.0.1:9000\"\n",
+            "exactly one of tcp, http, exec or grpc",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(want), "wanted {want:?} in {e}");
+    }
+}
+
+#[test]
 fn http_services_and_gateways_are_read() {
     let c = parse(
         "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"http\"\nrequest_timeout = \"2s\"\nrewrite_host = true\nmax_connections = 10\nidle_timeout = \"5s\"\nmax_header_bytes = 16384\n\n[[gateway]]\nlisten = \"127.0.0.1:2\"\nhost_suffix = \".SVC.local\"\n",

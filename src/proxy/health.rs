@@ -1,5 +1,5 @@
-//! Active health checks: every instance of a service probed each interval (TCP connect, or an
-//! HTTP GET answered 2xx); one failing `fall` times in a row leaves the rotation until it passes
+//! Active health checks: every instance of a service probed each interval (TCP connect, an
+//! HTTP GET answered 2xx, or gRPC's `grpc.health.v1.Health/Check` answered `SERVING`); one failing `fall` times in a row leaves the rotation until it passes
 //! `rise` times in a row. HTTP probes go through the route's connection pool, so they reuse its
 //! kept-alive connections instead of opening one per probe.
 
@@ -19,7 +19,7 @@ use super::http::h1::head::{end_request, request_line};
 use super::http::h1::write::HeadSink;
 use super::http::routes::Route;
 use crate::addr::Addr;
-use crate::net::{dial, OwnAddrs};
+use crate::net::{dial, grpc_health, OwnAddrs};
 use crate::snapshot::InstanceState;
 
 /// Probes the instances of one service until stopped.
@@ -101,6 +101,9 @@ impl HealthChecker {
                     .map(drop)
                     .map_err(|e| e.to_string()),
                 HealthProbe::Http(path) => self.get(addr, path).await,
+                HealthProbe::Grpc(service) => {
+                    grpc_health::check(addr, service, timeout, &self.own).await
+                }
             }
         };
         tokio::time::timeout(timeout, probe)

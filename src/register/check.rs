@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::Addr;
 use crate::field::{deserialize_from_str, duration, FieldResult, HumanDuration, Key};
+use crate::net::{grpc_health, OwnAddrs};
 
 /// What a check probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub enum Probe {
     Http(Uri),
     /// Healthy when the command (program and arguments) exits 0.
     Exec(Vec<String>),
+    /// Healthy when the gRPC server at the address answers `grpc.health.v1.Health/Check` for
+    /// the service (`""`: the whole server) with `SERVING`.
+    Grpc(Addr, String),
 }
 
 impl fmt::Display for Probe {
@@ -41,6 +45,8 @@ impl fmt::Display for Probe {
             Probe::Tcp(addr) => write!(f, "tcp {addr}"),
             Probe::Http(uri) => write!(f, "http {uri}"),
             Probe::Exec(argv) => write!(f, "exec {}", argv.join(" ")),
+            Probe::Grpc(addr, service) if service.is_empty() => write!(f, "grpc {addr}"),
+            Probe::Grpc(addr, service) => write!(f, "grpc {addr} {service:?}"),
         }
     }
 }
@@ -138,6 +144,9 @@ impl Check {
 /// over an hour is a check that never runs.
 const INTERVAL: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(10)..=Duration::from_secs(3600);
+/// The connect of a gRPC probe: the check's timeout bounds the whole probe anyway.
+const GRPC_CONNECT: Duration = Duration::from_secs(3600);
+
 /// A probe that may take over an hour has no timeout.
 const TIMEOUT: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(3600);
@@ -167,6 +176,8 @@ pub(crate) struct RawCheck {
     tcp: Option<Spanned<Addr>>,
     http: Option<Spanned<CheckUrl>>,
     exec: Option<Spanned<Vec<String>>>,
+    grpc: Option<Spanned<Addr>>,
+    grpc_service: Option<Spanned<String>>,
     interval: Option<Spanned<HumanDuration>>,
     timeout: Option<Spanned<HumanDuration>>,
     rise: Option<Spanned<u32>>,
@@ -180,6 +191,7 @@ impl RawCheck {
             self.tcp.as_ref().map(Spanned::span),
             self.http.as_ref().map(Spanned::span),
             self.exec.as_ref().map(Spanned::span),
+            self.grpc.as_ref().map(Spanned::span),
         ]
         .into_iter()
         .flatten()
@@ -187,21 +199,33 @@ impl RawCheck {
         if given.len() != 1 {
             return Err(key.field("tcp").error(
                 Some(given.get(1).cloned().unwrap_or(block)),
-                "a check needs exactly one of tcp, http or exec",
+                "a check needs exactly one of tcp, http, exec or grpc",
             ));
         }
-        let probe = match (self.tcp, self.http, self.exec) {
-            (Some(addr), _, _) => Probe::Tcp(addr.into_inner()),
-            (_, Some(url), _) => Probe::Http(url.into_inner().0),
-            (_, _, Some(argv)) if argv.get_ref().first().is_none_or(|p| p.is_empty()) => {
+        if let (None, Some(service)) = (&self.grpc, &self.grpc_service) {
+            return Err(key.at(
+                "grpc_service",
+                service,
+                "grpc_service names the service a grpc check asks about; set grpc = \"host:port\" too",
+            ));
+        }
+        let grpc = self.grpc.map(|addr| {
+            let service = self.grpc_service.map(Spanned::into_inner);
+            Probe::Grpc(addr.into_inner(), service.unwrap_or_default())
+        });
+        let probe = match (grpc, self.tcp, self.http, self.exec) {
+            (Some(grpc), ..) => grpc,
+            (_, Some(addr), _, _) => Probe::Tcp(addr.into_inner()),
+            (_, _, Some(url), _) => Probe::Http(url.into_inner().0),
+            (_, _, _, Some(argv)) if argv.get_ref().first().is_none_or(|p| p.is_empty()) => {
                 return Err(key.at(
                     "exec",
                     &argv,
                     "needs a program, like [\"/usr/local/bin/probe\", \"--quick\"]",
                 ))
             }
-            (_, _, Some(argv)) => Probe::Exec(argv.into_inner()),
-            (None, None, None) => unreachable!("exactly one probe was given"),
+            (_, _, _, Some(argv)) => Probe::Exec(argv.into_inner()),
+            (None, None, None, None) => unreachable!("exactly one probe was given"),
         };
         let mut check = Check::new(probe);
         check.interval = duration(
@@ -306,6 +330,10 @@ impl Prober {
                 } else {
                     Err(format!("answered {}", resp.status()))
                 }
+            }
+            // The check's own timeout bounds the probe; the connect gets as long.
+            Probe::Grpc(addr, service) => {
+                grpc_health::check(addr, service, GRPC_CONNECT, &OwnAddrs::default()).await
             }
             Probe::Exec(argv) => {
                 let (program, args) = argv.split_first().ok_or("empty command")?;

@@ -246,3 +246,83 @@ async fn an_instance_killed_under_load_fails_only_the_calls_it_had() {
         .collect();
     assert!(last.iter().all(|id| id == "a" || id == "c"), "{last:?}");
 }
+
+#[tokio::test]
+async fn a_grpc_health_check_takes_a_not_serving_instance_out_and_back() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let health = dir.path().join("b-health");
+    let a = GrpcServer::start("a");
+    let b = GrpcServer::start_with_health("b", Some(&health));
+    let mut kv = etcd.client().await;
+    for (id, s) in [("a", &a), ("b", &b)] {
+        kv.put(format!("/services/echo/{id}"), s.addr.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n[service.health]\ngrpc = \"\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", &["a", "b"], SOON).await;
+    let listen = cairn.listen(0);
+    let served_by = |n: usize| async move {
+        let out = grpc_job(listen, json!({"calls": n, "method": "Who"})).await;
+        let mut ids: Vec<String> = results(&out)
+            .iter()
+            .map(|r| r["response"].as_str().unwrap_or("-").to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(served_by(10).await, ["a", "b"]);
+    // b says NOT_SERVING: out of rotation after `fall` checks, well within 2 s.
+    std::fs::write(&health, "down").unwrap();
+    crate::support::eventually(SOON, "b leaves the rotation", || async {
+        (served_by(10).await == ["a"]).then_some(())
+    })
+    .await;
+    let log = cairn.log();
+    assert!(
+        log.contains("instance failing health checks") && log.contains("NOT_SERVING"),
+        "{log}"
+    );
+    std::fs::write(&health, "up").unwrap();
+    crate::support::eventually(SOON, "b comes back", || async {
+        (served_by(10).await == ["a", "b"]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_grpc_server_registered_with_a_grpc_check_leaves_the_registry_when_not_serving() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let health = dir.path().join("health");
+    let server = GrpcServer::start_with_health("r", Some(&health));
+    let registering = format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n\
+         [[register]]\nservice = \"echo\"\nid = \"r\"\naddr = \"{}\"\nttl = \"4s\"\n\
+         [register.check]\ngrpc = \"{}\"\ninterval = \"200ms\"\nrise = 1\nfall = 2\n",
+        etcd.endpoint(),
+        server.addr,
+        server.addr
+    );
+    let _registrar = Cairn::start(&registering).await;
+    let proxy = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    proxy.wait_instances("echo", &["r"], SOON).await;
+    let out = grpc_job(proxy.listen(0), json!({"calls": 2, "method": "Who"})).await;
+    assert_eq!(codes(&out), [0, 0], "{out}");
+    std::fs::write(&health, "down").unwrap();
+    proxy.wait_instances("echo", &[], SOON).await;
+    let out = grpc_job(proxy.listen(0), json!({"calls": 1, "method": "Who"})).await;
+    assert_eq!(codes(&out), [14], "{out}");
+    std::fs::write(&health, "up").unwrap();
+    proxy.wait_instances("echo", &["r"], SOON).await;
+}

@@ -17,6 +17,9 @@ pub enum HealthProbe {
     Tcp,
     /// Healthy when `GET` on this path answers 2xx.
     Http(String),
+    /// Healthy when `grpc.health.v1.Health/Check` for this service (`""`: the whole server)
+    /// answers `SERVING`.
+    Grpc(String),
 }
 
 /// Active health checks of every instance of one service.
@@ -115,6 +118,7 @@ impl RawOutlier {
 pub(crate) struct RawHealth {
     tcp: Option<Spanned<bool>>,
     http: Option<Spanned<String>>,
+    grpc: Option<Spanned<String>>,
     interval: Option<Spanned<HumanDuration>>,
     timeout: Option<Spanned<HumanDuration>>,
     rise: Option<Spanned<u64>>,
@@ -122,9 +126,32 @@ pub(crate) struct RawHealth {
 }
 
 impl RawHealth {
-    /// The check, or none when `tcp = false` and no `http`; `key` is `service[i].health`.
+    /// The check, or none when `tcp = false` and neither `http` nor `grpc`; `key` is
+    /// `service[i].health`.
     pub(crate) fn validate(&self, key: &Key) -> FieldResult<Option<HealthCheck>> {
+        if let (Some(http), Some(_)) = (&self.http, &self.grpc) {
+            return Err(key.at(
+                "grpc",
+                http,
+                "a check is one of tcp = true, http = \"/path\" or grpc = \"service\"",
+            ));
+        }
+        if let (Some(tcp), Some(grpc)) = (&self.tcp, &self.grpc) {
+            if *tcp.get_ref() {
+                return Err(key.at(
+                    "grpc",
+                    grpc,
+                    "a check is one of tcp = true, http = \"/path\" or grpc = \"service\"",
+                ));
+            }
+        }
         let probe = match (&self.tcp, &self.http) {
+            _ if self.grpc.is_some() => HealthProbe::Grpc(
+                self.grpc
+                    .as_ref()
+                    .map(|g| g.get_ref().clone())
+                    .unwrap_or_default(),
+            ),
             (Some(tcp), Some(_)) if *tcp.get_ref() => {
                 return Err(key.at(
                     "http",
