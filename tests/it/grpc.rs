@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::support::cairn::{Cairn, ADMIN};
 use crate::support::etcd::Etcd;
 use crate::support::grpc::{grpc_job, GrpcServer};
+use crate::support::http::memory_kib;
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -325,4 +326,26 @@ async fn a_grpc_server_registered_with_a_grpc_check_leaves_the_registry_when_not
     assert_eq!(codes(&out), [14], "{out}");
     std::fs::write(&health, "up").unwrap();
     proxy.wait_instances("echo", &["r"], SOON).await;
+}
+
+#[tokio::test]
+async fn a_long_stream_passes_without_cairns_memory_growing_with_it() {
+    let (_etcd, _servers, cairn) = setup(&["a"], "").await;
+    let listen = cairn.listen(0);
+    // Warm up: the connections and buffers one stream needs.
+    let out = grpc_job(listen, json!({"stream": "Flood", "payload": "10 1048576"})).await;
+    assert_eq!(out["code"], 0, "{out}");
+    let (rss_before, peak_before) = memory_kib(cairn.pid());
+    // 256 MiB in 1 MiB messages, one stream: flow control, not cairn's memory, holds it.
+    let out = grpc_job(listen, json!({"stream": "Flood", "payload": "256 1048576"})).await;
+    assert_eq!(
+        (out["code"].as_i64(), out["bytes"].as_i64()),
+        (Some(0), Some(256 * 1048576)),
+        "{out}"
+    );
+    let (_, peak_after) = memory_kib(cairn.pid());
+    assert!(
+        peak_after < peak_before.max(rss_before) + 32 * 1024,
+        "cairn's peak memory grew from {peak_before} KiB to {peak_after} KiB"
+    );
 }

@@ -11,6 +11,7 @@ JOB is a JSON object; what it asks for, and what is printed (one JSON object):
       "seconds": float}]} in the order the calls were made.
   {"stream": "Count", "payload": "10000"}
       server streaming: prints {"code", "details", "messages": count, "bytes": total}.
+      "Flood" (payload "N B") likewise.
   {"stream": "Sum", "messages": N, "size": B}
       client streaming of N messages of B bytes: prints {"code", "details", "response"}.
   {"stream": "Chat", "messages": N, "size": B}
@@ -85,8 +86,8 @@ def main():
             results = list(pool.map(lambda _: one(*args), range(JOB["calls"])))
         return {"results": results}
     kind = JOB["stream"]
-    if kind == "Count":
-        call = channel.unary_stream("/test.Echo/Count")
+    if kind in ("Count", "Flood"):
+        call = channel.unary_stream(f"/test.Echo/{kind}")
         n = size = 0
         try:
             for m in call(JOB["payload"].encode()):

@@ -11,6 +11,7 @@ killed. Messages are raw bytes. Methods of service `test.Echo`:
   Left     unary: answers the seconds left before the call's deadline, or `none`.
   Fail     unary: ends with the status code in the request and the message `failed on ID`.
   Count    server streaming: answers the request's number of messages, `0`, `1`, ...
+  Flood    server streaming: the request is `N B`: answers N messages of B bytes.
   Sum      client streaming: answers the total bytes of the messages it got.
   Chat     bidirectional: answers each message with itself.
 and `grpc.health.v1.Health/Check`, which answers SERVING, or NOT_SERVING while the file given
@@ -64,6 +65,13 @@ def count(request, context):
         yield str(i).encode()
 
 
+def flood(request, context):
+    n, size = (int(x) for x in request.decode().split())
+    block = b"f" * size
+    for _ in range(n):
+        yield block
+
+
 def total(requests, context):
     return str(sum(len(r) for r in requests)).encode()
 
@@ -91,6 +99,7 @@ ECHO = grpc.method_handlers_generic_handler("test.Echo", {
     "Fail": grpc.unary_unary_rpc_method_handler(fail, **RAW),
     "Left": grpc.unary_unary_rpc_method_handler(left, **RAW),
     "Count": grpc.unary_stream_rpc_method_handler(count, **RAW),
+    "Flood": grpc.unary_stream_rpc_method_handler(flood, **RAW),
     "Sum": grpc.stream_unary_rpc_method_handler(total, **RAW),
     "Chat": grpc.stream_stream_rpc_method_handler(chat, **RAW),
 })
