@@ -21,17 +21,23 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 
 /// A connection that can sit on a shelf.
 pub(super) trait Reusable {
-    /// Whether the connection is still open and ready for a request, after noticing what
-    /// happened since it was last used (a close by the instance).
-    fn settle(&mut self) -> bool;
+    /// Whether the connection is still open and clean: the instance has neither closed it nor
+    /// sent anything unasked. Asked of the socket itself, every time.
+    fn clean(&self) -> bool;
 }
 
-/// A bare socket is reusable while the instance has neither closed it nor sent anything
-/// unasked: reading finds nothing to read.
+/// A bare socket is clean while a peek at it finds nothing to read and no close. The peek
+/// goes to the kernel: tokio's cached readiness is cleared by the short read that ended the
+/// last response, so reading through tokio would find nothing without looking, and bytes an
+/// instance sent after its response (a body for a HEAD, a second answer) would be taken as
+/// the next request's answer.
 impl Reusable for TcpStream {
-    fn settle(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    fn clean(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(self).peek(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 }
 
@@ -64,21 +70,15 @@ impl<C: Reusable> Shelf<C> {
                 .get_mut(workers::index())?
                 .pop()?;
             // Checked outside the lock: a closed one is dropped (closing its socket) here too.
-            if idle.since.elapsed() < IDLE_TIMEOUT {
-                let mut conn = idle.conn;
-                if conn.settle() {
-                    return Some(conn);
-                }
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.clean() {
+                return Some(idle.conn);
             }
         }
     }
 
-    /// Keeps `conn`, which has finished its exchange, for the next request to `addr`. Returns
-    /// whether it was kept.
-    pub(super) fn put(&self, addr: Addr, mut conn: C) -> bool {
-        if !conn.settle() {
-            return false;
-        }
+    /// Keeps `conn`, which has finished its exchange, for the next request to `addr`: it is
+    /// checked when taken back. Returns whether it was kept.
+    pub(super) fn put(&self, addr: Addr, conn: C) -> bool {
         let mut idle = self.lock();
         let lists = idle.entry(addr).or_default();
         let worker = workers::index();
@@ -104,8 +104,8 @@ impl<C: Reusable> Shelf<C> {
             for list in lists.iter_mut() {
                 let mut i = 0;
                 while i < list.len() {
-                    let idle = &mut list[i];
-                    if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.settle() {
+                    let idle = &list[i];
+                    if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.conn.clean() {
                         gone.push(list.swap_remove(i));
                     } else {
                         i += 1;
@@ -139,6 +139,40 @@ mod tests {
 
     use super::*;
     use crate::rt::workers::as_worker;
+
+    #[tokio::test]
+    // The waits block on purpose: the runtime must not poll for events in between.
+    #[allow(clippy::disallowed_methods)]
+    async fn bytes_an_instance_sent_after_its_answer_keep_the_socket_off_the_next_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = Addr::Ip(listener.local_addr().unwrap());
+        let socket = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut instance, _) = listener.accept().unwrap();
+        let shelf = Shelf::new();
+        assert!(shelf.put(addr.clone(), socket));
+        // The instance sends more, and cairn takes the socket back before its runtime has
+        // polled for events: only a look at the socket itself can see the bytes.
+        std::io::Write::write_all(&mut instance, b"HTTP/1.1 200 OK\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            shelf.take(&addr).is_none(),
+            "a socket with unread bytes was reused"
+        );
+        // The same for a close.
+        let socket = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (instance, _) = listener.accept().unwrap();
+        assert!(shelf.put(addr.clone(), socket));
+        drop(instance);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            shelf.take(&addr).is_none(),
+            "a socket the instance closed was reused"
+        );
+    }
 
     #[tokio::test]
     async fn a_socket_is_taken_back_only_by_the_worker_that_put_it() {

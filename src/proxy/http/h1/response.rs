@@ -153,7 +153,11 @@ pub(super) fn parse_response(
         status,
         len,
         framing,
-        keep_alive: resp.version == Some(1) && !listed.has("close"),
+        // A 204 or 304 that declares a body is broken: whatever follows it on the socket is
+        // not to be taken as the next request's answer.
+        keep_alive: resp.version == Some(1)
+            && !listed.has("close")
+            && !(matches!(code, 204 | 304) && (chunked.is_some() || length.is_some_and(|n| n > 0))),
     }))
 }
 
@@ -261,6 +265,16 @@ mod tests {
             let bytes = format!("HTTP/1.1 {code} X\r\nConnection: close\r\n\r\n");
             let (h, _) = head_of(bytes.as_bytes(), false, false);
             assert_eq!(h.framing, Framing::Empty);
+            assert!(!h.keep_alive);
+            // One that declares a body it must not have leaves the socket unused after it.
+            let (h, _) = head_of(
+                format!("HTTP/1.1 {code} X\r\n\r\n").as_bytes(),
+                false,
+                false,
+            );
+            assert!(h.keep_alive);
+            let bytes = format!("HTTP/1.1 {code} X\r\nContent-Length: 9\r\n\r\n");
+            let (h, _) = head_of(bytes.as_bytes(), false, false);
             assert!(!h.keep_alive);
         }
 
