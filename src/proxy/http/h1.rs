@@ -119,15 +119,21 @@ async fn requests(site: &Site<'_>, client: TcpStream, peer: SocketAddr, drained:
         // The whole head within the idle timeout: a kept-alive client that sends nothing is
         // closed, and so is one that sends a head slowly.
         deadline.reset(idle);
+        let mut in_body = false;
         let used = loop {
             let mut headers = request_headers();
             match parse_request(&buf, &mut headers, site.limits.max_header_bytes) {
                 Read::Request(req) => break x.handle(site, &req, &buf, &mut timer).await,
                 Read::Elsewhere => return Served::Elsewhere(x.into_client(), buf),
                 Read::More => {}
-                // A body comes at the client's pace: each read moves the deadline, as hyper
-                // times only the head of the requests it serves.
-                Read::Body => deadline.reset(idle),
+                // The body (64 KiB at most on this path) within the idle timeout from the end
+                // of the head, however it trickles in: a client that sends a byte a minute
+                // holds no connection for days.
+                Read::Body if !in_body => {
+                    in_body = true;
+                    deadline.reset(idle);
+                }
+                Read::Body => {}
             }
             if buf.capacity() - buf.len() < READ_SIZE / 4 {
                 buf.reserve(READ_SIZE);

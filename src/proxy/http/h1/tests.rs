@@ -269,3 +269,42 @@ async fn a_refused_connect_fails_over_and_the_request_arrives_once() {
     }
     assert_eq!(seen.lock().unwrap().len(), 4, "{:?}", seen.lock().unwrap());
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_at_the_idle_timeout_from_its_head() {
+    let (f, seen) = Fixture::served(Duration::from_millis(500)).await;
+    let (mut client, served, peer) = pair().await;
+    let never = CancellationToken::new();
+    let site = f.site();
+    let talking = async {
+        client
+            .write_all(b"POST /slow HTTP/1.1\r\nHost: web\r\nContent-Length: 20\r\n\r\n")
+            .await
+            .unwrap();
+        // A byte every 200 ms: each read would have moved a per-read deadline.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let (served, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            serve(&site, served, peer, &never, &never)
+        ),
+        talking
+    );
+    assert!(
+        matches!(served, Ok(Served::Closed)),
+        "the trickle was served past the deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}
