@@ -230,3 +230,25 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
         "the whole body arrived: the client was never cut"
     );
 }
+
+#[tokio::test]
+async fn trailers_reach_an_http11_client_that_hyper_serves() {
+    // A chunked upload goes through hyper's server; the answer's trailers, named by its
+    // Trailer header, must reach the HTTP/1.1 client that asks for them (TE: trailers) there
+    // too: hyper sends only the trailers a Trailer header names.
+    let (_etcd, _up, cairn) = http_setup(
+        Reply::Each(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 42\r\n\r\n",
+        ),
+        "",
+    )
+    .await;
+    let got = exchange(
+        cairn.listen(0),
+        b"POST /up HTTP/1.1\r\nHost: web\r\nConnection: TE\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        QUIET,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.to_lowercase().contains("\r\nx-sum: 42\r\n"), "{got}");
+}

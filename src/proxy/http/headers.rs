@@ -81,14 +81,44 @@ pub(crate) fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub(crate) const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 
 /// Headers that describe one connection, not the message; a proxy never forwards them.
-const HOP_BY_HOP: [&str; 6] = [
+/// (`Trailer` names the trailers a message ends with: it is end to end, and hyper sends an
+/// HTTP/1.1 client only the trailers it names.)
+const HOP_BY_HOP: [&str; 5] = [
     "connection",
     "keep-alive",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1: framing, routing, request
+/// modifiers, authentication, content metadata), besides hop-by-hop ones and those cairn sets.
+const NOT_TRAILERS: [&str; 17] = [
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "max-forwards",
+    "pragma",
+    "range",
+    "set-cookie",
+    "trailer",
+];
+
+/// Whether a trailer field `name` (any case) goes on: not one a trailer must not carry, not
+/// hop-by-hop, not one cairn sets itself.
+pub(crate) fn trailer_allowed(name: &str) -> bool {
+    !NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+        && fate(name, &Listed::default()) == Fate::Keep
+}
 
 /// The header names a message's Connection headers list as hop-by-hop.
 #[derive(Debug, Default)]

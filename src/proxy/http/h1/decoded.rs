@@ -24,6 +24,7 @@ use super::response::{parse_response, Emit, ResponseHead};
 use super::upload::Uploading;
 use crate::addr::Addr;
 use crate::proxy::http::body::BodyError;
+use crate::proxy::http::headers::trailer_allowed;
 use crate::proxy::http::pool::Pool;
 use crate::rt::deadline::Deadline;
 
@@ -246,10 +247,10 @@ fn trailers(section: &[u8]) -> Result<Option<HeaderMap>, BodyError> {
         return Ok(None);
     }
     let mut map = Mapped::default();
-    for f in fields.iter() {
+    for f in fields.iter().filter(|f| trailer_allowed(f.name)) {
         map.header(f.name, f.value, false);
     }
-    Ok(Some(map.headers))
+    Ok((!map.headers.is_empty()).then_some(map.headers))
 }
 
 impl Body for BareBody {
@@ -410,6 +411,9 @@ mod tests {
                 .unwrap();
             let mut trailers = HeaderMap::new();
             trailers.insert("x-sum", HeaderValue::from_static("42"));
+            // Not for a trailer section: dropped on the way.
+            trailers.insert("content-length", HeaderValue::from_static("5"));
+            trailers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
             tx.send(Frame::trailers(trailers)).await.unwrap();
         });
         let resp = post(&pool, &addr, body).await;
@@ -515,5 +519,12 @@ mod tests {
         assert_eq!(t["x-more"], "a b");
         assert!(trailers(b"\r\n").unwrap().is_none());
         assert!(trailers(b"bad line\r\n\r\n").is_err());
+        // Fields a trailer must not carry, and connection-specific ones, stay behind.
+        let t = trailers(b"Content-Length: 5\r\nConnection: close\r\nX-Forwarded-For: 6.6.6.6\r\nGrpc-Status: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = t.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["grpc-status"]);
+        assert!(trailers(b"Set-Cookie: a=b\r\n\r\n").unwrap().is_none());
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::write::HeadSink;
 use crate::proxy::http::body::RequestBody;
+use crate::proxy::http::headers::trailer_allowed;
 
 /// A request body to stream after its head.
 pub(crate) struct Upload {
@@ -105,7 +106,9 @@ impl Uploading {
         if self.chunked {
             self.pending.extend_from_slice(b"0\r\n");
             for (name, value) in trailers.iter().flatten() {
-                self.pending.header(name.as_str(), value.as_bytes());
+                if trailer_allowed(name.as_str()) {
+                    self.pending.header(name.as_str(), value.as_bytes());
+                }
             }
             self.pending.extend_from_slice(b"\r\n");
         }
