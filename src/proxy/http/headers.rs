@@ -222,11 +222,20 @@ pub(crate) fn fate(name: &str, listed: &Listed<'_>) -> Fate {
         || is("expect")
         || is("x-forwarded-proto")
         || is("x-forwarded-host")
+        || (name.contains('_') && managed_look_alike(name))
     {
         Fate::Drop
     } else {
         Fate::Keep
     }
+}
+
+/// Whether `name`, with `_` read as `-`, is a header cairn manages (`Content_Length`,
+/// `X_Forwarded_For`): servers that map both to one variable (CGI, WSGI, Rack) would take the
+/// client's look-alike for cairn's own, so it never reaches them, as nginx drops it too.
+fn managed_look_alike(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    fate(&dashed, &Listed::default()) != Fate::Keep
 }
 
 #[cfg(test)]
@@ -249,6 +258,22 @@ mod tests {
         let listed = Listed::new([&b"content-length, x-a"[..]].into_iter());
         assert!(!listed.is_hop_by_hop("Content-Length"));
         assert!(listed.is_hop_by_hop("x-a"));
+    }
+
+    #[test]
+    fn underscore_look_alikes_of_managed_headers_are_dropped() {
+        let none = Listed::default();
+        for name in [
+            "Content_Length",
+            "transfer_encoding",
+            "X_Forwarded_For",
+            "x_forwarded_host",
+            "Proxy_Authorization",
+        ] {
+            assert_eq!(fate(name, &none), Fate::Drop, "{name}");
+        }
+        assert_eq!(fate("X_Custom_Header", &none), Fate::Keep);
+        assert_eq!(fate("x-forwarded-for", &none), Fate::ForwardedFor);
     }
 
     #[test]
