@@ -349,3 +349,31 @@ async fn a_long_stream_passes_without_cairns_memory_growing_with_it() {
         "cairn's peak memory grew from {peak_before} KiB to {peak_after} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_sends_an_http11_request_for_a_grpc_service_over_http2() {
+    let etcd = Etcd::start().await;
+    let server = GrpcServer::start("a");
+    etcd.client()
+        .await
+        .put("/services/echo/a", server.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", &["a"], SOON).await;
+    // A plain HTTP/1.1 request (one cairn's own path would take) for a service whose
+    // instances speak HTTP/2 only: it reaches them over HTTP/2, and the answer comes back.
+    let got = crate::support::raw::exchange(
+        cairn.gateway(0),
+        b"POST /test.Echo/Who HTTP/1.1\r\nHost: echo\r\nContent-Type: application/grpc\r\nConnection: TE\r\nTE: trailers\r\nContent-Length: 5\r\n\r\n\0\0\0\0\0",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+    assert!(got.contains("x-server: a\r\n"), "{got:?}");
+    assert!(got.contains("\0\0\0\0\u{1}a"), "{got:?}");
+}

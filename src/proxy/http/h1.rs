@@ -47,8 +47,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use self::exchange::Exchange;
 pub(crate) use self::exchange::Site;
+use self::exchange::{Exchange, Handled};
 use self::framing::READ_SIZE;
 use self::head::{parse_request, request_headers, Read};
 use crate::rt::deadline::Deadline;
@@ -154,8 +154,9 @@ async fn requests(site: &Site<'_>, client: TcpStream, peer: SocketAddr, drained:
             }
         };
         match used {
-            Some(n) => buf.advance(n),
-            None => return Served::Closed,
+            Handled::Next(n) => buf.advance(n),
+            Handled::Close => return Served::Closed,
+            Handled::Hyper => return Served::Elsewhere(x.into_client(), buf),
         }
     }
 }

@@ -41,6 +41,17 @@ pub(crate) struct Site<'a> {
     pub(crate) limits: &'a Limits,
 }
 
+/// What became of a request this path took.
+pub(super) enum Handled {
+    /// Answered; this many bytes of the buffer were the request, and the connection goes on.
+    Next(usize),
+    /// Answered; the connection ends.
+    Close,
+    /// Not sent: its service's instances speak HTTP/2 only (a gateway's Host named a
+    /// `protocol = "grpc"` service). hyper serves it, and the rest of the connection.
+    Hyper,
+}
+
 /// Response bodies up to this size go out in one write with their head.
 const WITH_HEAD: usize = 16 * 1024;
 
@@ -84,13 +95,16 @@ impl<'a> Exchange<'a> {
         req: &RequestHead<'_>,
         buf: &[u8],
         timer: &mut Deadline,
-    ) -> Option<usize> {
+    ) -> Handled {
+        let host = std::str::from_utf8(&buf[req.host.clone()]).unwrap_or_default();
+        let route = site.routing.route(&site.routes.load(), Some(host));
+        if route.as_ref().is_ok_and(|r| r.config.h2) {
+            return Handled::Hyper;
+        }
         let metrics = site.metrics;
         metrics.requests.inc();
         let _active = Active::new(&metrics.active);
         let used = req.len + req.body;
-        let host = std::str::from_utf8(&buf[req.host.clone()]).unwrap_or_default();
-        let route = site.routing.route(&site.routes.load(), Some(host));
         let sent = match route {
             Ok(route) => self.forward(site, &route, req, buf, timer).await,
             Err(e) => Err(e),
@@ -99,7 +113,11 @@ impl<'a> Exchange<'a> {
             Ok(open) => open,
             Err(e) => self.answer(site, &e, req.close, timer).await,
         };
-        open.then_some(used)
+        if open {
+            Handled::Next(used)
+        } else {
+            Handled::Close
+        }
     }
 
     /// Sends the request to an instance of `route`, failing over while nothing has been sent,
