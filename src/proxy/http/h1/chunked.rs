@@ -3,21 +3,33 @@
 
 use std::fmt;
 
-/// How far into a chunked body the bytes seen so far reach.
+/// How far into a chunked body the bytes seen so far reach. The grammar is RFC 9112 §7.1's,
+/// held as strictly as hyper's decoder holds it: a size of hex digits, optional blanks, an
+/// optional `;` extension, then CRLF; data then CRLF; trailer lines ending in CRLF. A bare LF
+/// anywhere, or a stray byte after a size, is an error: two parsers that disagree on where a
+/// chunked body ends are how responses are split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunked {
     /// Reading a chunk's size; `digits` tells whether one has been seen.
     Size { size: u64, digits: bool },
+    /// Blanks after the size.
+    SizeBlank { size: u64 },
     /// Past the size: an extension, up to the end of the line.
     Extension { size: u64 },
+    /// The size line's CR seen: its LF next.
+    SizeLf { size: u64 },
     /// Inside a chunk's data, with this many bytes to go.
     Data(u64),
-    /// After a chunk's data: its line ending.
-    DataEnd { cr: bool },
+    /// After a chunk's data: its CR.
+    DataCr,
+    /// After a chunk's data and CR: its LF.
+    DataLf,
     /// After the last chunk: at the start of a trailer line, or of the final empty line.
     LineStart,
     /// Inside a trailer field, up to the end of its line.
     Trailer,
+    /// A trailer line's CR seen: its LF next.
+    TrailerLf,
     /// Seen the final empty line's CR.
     FinalLf,
     /// The body is over.
@@ -72,7 +84,7 @@ impl Chunked {
                     let take = left.min((bytes.len() - i) as u64);
                     i += take as usize;
                     *self = if take == left {
-                        Chunked::DataEnd { cr: false }
+                        Chunked::DataCr
                     } else {
                         Chunked::Data(left - take)
                     };
@@ -89,26 +101,47 @@ impl Chunked {
                         Chunked::Size { size, digits: true }
                     }
                     _ if !digits => return Err(BadChunk("chunk size is not hexadecimal")),
-                    b'\n' => Chunked::after_size(size),
-                    _ => Chunked::Extension { size },
+                    b' ' | b'\t' => Chunked::SizeBlank { size },
+                    b';' => Chunked::Extension { size },
+                    b'\r' => Chunked::SizeLf { size },
+                    _ => return Err(BadChunk("stray byte after a chunk size")),
+                },
+                Chunked::SizeBlank { size } => match b {
+                    b' ' | b'\t' => Chunked::SizeBlank { size },
+                    b';' => Chunked::Extension { size },
+                    b'\r' => Chunked::SizeLf { size },
+                    _ => return Err(BadChunk("stray byte after a chunk size")),
                 },
                 Chunked::Extension { size } => match b {
-                    b'\n' => Chunked::after_size(size),
+                    b'\r' => Chunked::SizeLf { size },
+                    b'\n' => return Err(BadChunk("bare LF in a chunk extension")),
                     _ => Chunked::Extension { size },
                 },
-                Chunked::DataEnd { cr } => match b {
-                    b'\r' if !cr => Chunked::DataEnd { cr: true },
-                    b'\n' => Chunked::new(),
+                Chunked::SizeLf { size } => match b {
+                    b'\n' => Chunked::after_size(size),
+                    _ => return Err(BadChunk("chunk size line without its LF")),
+                },
+                Chunked::DataCr => match b {
+                    b'\r' => Chunked::DataLf,
                     _ => return Err(BadChunk("chunk data longer than its size")),
+                },
+                Chunked::DataLf => match b {
+                    b'\n' => Chunked::new(),
+                    _ => return Err(BadChunk("chunk data without its CRLF")),
                 },
                 Chunked::LineStart => match b {
                     b'\r' => Chunked::FinalLf,
-                    b'\n' => Chunked::Done,
+                    b'\n' => return Err(BadChunk("bare LF after the last chunk")),
                     _ => Chunked::Trailer,
                 },
                 Chunked::Trailer => match b {
-                    b'\n' => Chunked::LineStart,
+                    b'\r' => Chunked::TrailerLf,
+                    b'\n' => return Err(BadChunk("bare LF in a trailer")),
                     _ => Chunked::Trailer,
+                },
+                Chunked::TrailerLf => match b {
+                    b'\n' => Chunked::LineStart,
+                    _ => return Err(BadChunk("trailer line without its LF")),
                 },
                 Chunked::FinalLf => match b {
                     b'\n' => Chunked::Done,
@@ -156,7 +189,7 @@ impl Chunked {
     fn in_trailers(&self) -> bool {
         matches!(
             self,
-            Chunked::LineStart | Chunked::Trailer | Chunked::FinalLf
+            Chunked::LineStart | Chunked::Trailer | Chunked::TrailerLf | Chunked::FinalLf
         )
     }
 
@@ -192,8 +225,8 @@ mod tests {
         assert_eq!(end_of(body), Ok(Some(15)));
         let ext = b"3;name=v\r\nabc\r\n0;x\r\nExpires: never\r\nX: y\r\n\r\nnext";
         assert_eq!(end_of(ext), Ok(Some(ext.len() - 4)));
-        // Bare line feeds, as lenient peers send them.
-        assert_eq!(end_of(b"2\nab\n0\n\n"), Ok(Some(8)));
+        // Blanks after a size, as RFC 9112 allows them.
+        assert_eq!(end_of(b"2 \t;x\r\nab\r\n0\r\n\r\n"), Ok(Some(16)));
         // Not over yet.
         assert_eq!(end_of(b"a\r\n0123"), Ok(None));
         assert_eq!(end_of(b"0\r\n\r"), Ok(None));
@@ -201,6 +234,20 @@ mod tests {
 
     #[test]
     fn broken_framing_is_an_error() {
+        // What hyper's decoder refuses, cairn refuses: no two readings of one body.
+        for bad in [
+            &b"2\nab\r\n0\r\n\r\n"[..],
+            b"2\r\nab\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0x5\r\n",
+            b"1_0\r\n",
+            b"5 6\r\n",
+            b"5;a\nb\r\n",
+            b"5\rX",
+        ] {
+            assert!(end_of(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         assert!(end_of(b"zz\r\n").is_err());
         assert!(end_of(b"\r\n").is_err());
         assert!(end_of(b"2\r\nabc\r\n").is_err());
