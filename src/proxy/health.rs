@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,9 @@ use super::http::routes::Route;
 use crate::addr::Addr;
 use crate::net::{dial, grpc_health, OwnAddrs};
 use crate::snapshot::InstanceState;
+
+/// The largest health answer read: a status page, not a download.
+const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Probes the instances of one service until stopped.
 pub(crate) struct HealthChecker {
@@ -126,8 +129,9 @@ impl HealthChecker {
             .await
             .map_err(|(SendFail::Unsent(cause) | SendFail::Failed(cause))| cause)?;
         let status = resp.status();
-        // Read the answer whole, so the connection goes back to the pool.
-        resp.into_body()
+        // Read the answer whole, so the connection goes back to the pool; an answer larger
+        // than a health page fails the check instead of filling memory.
+        Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?;
