@@ -9,6 +9,11 @@ then the median of the rounds:
   (c) HTTP latency at 1 connection (wrk --latency, p50);
   (d) HTTP requests per second at 32 connections (wrk);
   (e) HTTP/2 prior-knowledge requests per second (h2load, 32 connections, 10 streams each);
+  (f) gRPC unary calls per second on one connection, 32 streams at once (h2load, gRPC-framed
+      POSTs with `content-type: application/grpc`), through HAProxy (`proto h2` servers), nginx
+      (`grpc_pass`) and cairn (`protocol = "grpc"`) to an HTTP/2 upstream answering with a
+      `grpc-status` trailer;
+  (g) gRPC latency, one call at a time (h2load's per-call log, p50);
 and cairn's peak RSS. With --baseline, a second cairn build is measured in the same rounds, as a
 column of its own (an A/B of a change); --only picks measurements.
 
@@ -113,17 +118,21 @@ http {{
 
 def start_all(procs, workdir, workers, cairn_bins):
     """Upstreams, etcd and the three proxies. Returns the targets' ports and the pids."""
-    ports = {k: free_port() for k in ["up_http", "up_pp"]}
+    ports = {k: free_port() for k in ["up_http", "up_pp", "up_grpc"]}
     up = nginx_conf(workdir, "upstream", 1, f"""
   server {{ listen 127.0.0.1:{ports['up_http']} reuseport backlog=4096;
-    location / {{ return 200 "ok\\n"; }} }}""")
+    location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{ports['up_grpc']} http2 backlog=4096;
+    http2_max_concurrent_streams 1024;
+    location / {{ default_type application/grpc; add_trailer grpc-status 0 always;
+      return 200 "ok"; }} }}""")
     procs.start("upstream", ["nginx", "-c", up, "-e", f"{workdir}/upstream.error.log"])
     procs.start("sockperf", ["sockperf", "server", "--tcp", "-i", "127.0.0.1", "-p", str(ports["up_pp"])])
 
     targets = {"direct": {"pp": ports["up_pp"], "conn": ports["up_http"], "http": ports["up_http"],
-                          "h2": None}}
+                          "h2": None, "grpc": ports["up_grpc"]}}
     # HAProxy
-    hp = {k: free_port() for k in ["pp", "conn", "http", "h2"]}
+    hp = {k: free_port() for k in ["pp", "conn", "http", "h2", "grpc"]}
     cfg = os.path.join(workdir, "haproxy.cfg")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -157,17 +166,29 @@ backend http
   mode http
   http-reuse always
   server s 127.0.0.1:{ports['up_http']}
+frontend grpc
+  mode http
+  bind 127.0.0.1:{hp['grpc']} proto h2
+  default_backend grpc
+backend grpc
+  mode http
+  http-reuse always
+  server s 127.0.0.1:{ports['up_grpc']} proto h2
 """)
     procs.start("haproxy", ["haproxy", "-db", "-f", cfg])
     targets["haproxy"] = hp
     # nginx
-    ng = {k: free_port() for k in ["pp", "conn", "http", "h2"]}
+    ng = {k: free_port() for k in ["pp", "conn", "http", "h2", "grpc"]}
     conf = nginx_conf(workdir, "proxy", workers, f"""
   upstream u {{ server 127.0.0.1:{ports['up_http']}; keepalive 64; }}
   server {{ listen 127.0.0.1:{ng['http']} backlog=4096;
     location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
   server {{ listen 127.0.0.1:{ng['h2']} http2 backlog=4096;
-    location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+    location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+  upstream g {{ server 127.0.0.1:{ports['up_grpc']}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{ng['grpc']} http2 backlog=4096;
+    http2_max_concurrent_streams 1024;
+    location / {{ grpc_pass grpc://g; }} }}""",
                       stream=f"""
 stream {{
   server {{ listen 127.0.0.1:{ng['pp']}; proxy_pass 127.0.0.1:{ports['up_pp']}; }}
@@ -184,7 +205,8 @@ stream {{
                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{ep}",
                          "--initial-cluster", f"default=http://127.0.0.1:{ep}"])
     wait_port(ec, "etcd")
-    for key, port in [("pp/s", ports["up_pp"]), ("conn/s", ports["up_http"]), ("web/s", ports["up_http"])]:
+    for key, port in [("pp/s", ports["up_pp"]), ("conn/s", ports["up_http"]),
+                      ("web/s", ports["up_http"]), ("grpc/s", ports["up_grpc"])]:
         subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{ec}", "put", f"/services/{key}",
                         f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, ETCDCTL_API="3"))
@@ -201,7 +223,7 @@ stream {{
 
 def start_cairn(procs, workdir, name, binary, etcd_port, workers):
     """One cairn with a TCP listener per TCP target and one HTTP listener; returns its ports."""
-    cp = {k: free_port() for k in ["pp", "conn", "http"]}
+    cp = {k: free_port() for k in ["pp", "conn", "http", "grpc"]}
     cp["h2"] = cp["http"]  # HTTP/1.1 and h2c share one cairn port
     admin = free_port()
     ccfg = os.path.join(workdir, f"{name}.toml")
@@ -223,6 +245,10 @@ listen = "127.0.0.1:{cp['conn']}"
 name = "web"
 listen = "127.0.0.1:{cp['http']}"
 protocol = "http"
+[[service]]
+name = "grpc"
+listen = "127.0.0.1:{cp['grpc']}"
+protocol = "grpc"
 """)
     cairn = procs.start(name, [binary, "run", "-c", ccfg], env=dict(os.environ, RUST_LOG="warn"))
     wait_ready(admin)
@@ -274,6 +300,29 @@ def measure(kind, port, seconds, cpu):
         return to_us(m.group(1), m.group(2)) if m else float("nan")
     if kind == "http32":
         return wrk_rps(run_client(["wrk", "-t1", "-c32", f"-d{seconds}s", url], cpu))
+    if kind in ("grpc", "grpc1"):
+        # One gRPC unary call: an empty message, framed; h2load counts the 200s.
+        frame = os.path.join(tempfile.gettempdir(), "cairn-bench-grpc-frame")
+        with open(frame, "wb") as f:
+            f.write(b"\0\0\0\0\0")
+        log = os.path.join(tempfile.gettempdir(), "cairn-bench-grpc-log")
+        # Rates over a duration; latencies over a count (h2load paces one stream at a time
+        # when given a duration).
+        if os.path.exists(log):
+            os.remove(log)
+        how = (["-m32", "-D", str(seconds)] if kind == "grpc"
+               else ["-m1", "-n", str(1000 * seconds), "--log-file", log])
+        out = run_client(["h2load", "-c1", "-t1", *how,
+                          "-d", frame, "-H", "content-type: application/grpc",
+                          "-H", "te: trailers",
+                          f"http://127.0.0.1:{port}/bench.Echo/Call"], cpu)
+        if kind == "grpc":
+            m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+            return float(m.group(1)) if m else float("nan")
+        # Each line: start (µs since the epoch), status, duration (µs).
+        with open(log) as f:
+            times = [int(line.split()[2]) for line in f if line.split()[1:2] == ["200"]]
+        return statistics.median(times) if times else float("nan")
     if kind == "h2":
         out = run_client(["h2load", "-c32", "-m10", "-t1", "-D", str(seconds), url], cpu)
         m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
@@ -295,6 +344,8 @@ KINDS = [
     ("http1", "http", "HTTP, 1 connection: p50 (µs)", "latency"),
     ("http32", "http", "HTTP requests/s, 32 connections", "rate"),
     ("h2", "h2", "HTTP/2 (h2c) requests/s, 32 conns x 10 streams", "rate"),
+    ("grpc", "grpc", "gRPC unary calls/s, 1 connection x 32 streams", "rate"),
+    ("grpc1", "grpc", "gRPC, one call at a time: p50 (µs)", "latency"),
 ]
 PEERS = ["direct", "haproxy", "nginx"]
 
