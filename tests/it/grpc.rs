@@ -377,3 +377,43 @@ async fn a_gateway_sends_an_http11_request_for_a_grpc_service_over_http2() {
     assert!(got.contains("x-server: a\r\n"), "{got:?}");
     assert!(got.contains("\0\0\0\0\u{1}a"), "{got:?}");
 }
+
+#[tokio::test]
+async fn calls_past_an_instances_stream_limit_go_on_more_connections() {
+    let etcd = Etcd::start().await;
+    let server = GrpcServer::start_with("a", None, Some(2));
+    etcd.client()
+        .await
+        .put("/services/echo/a", server.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[runtime]\nworkers = 1\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", &["a"], SOON).await;
+    // Eight calls at once on one client connection, to an instance that takes two streams per
+    // connection: four connections carry them side by side, none waits for another's end.
+    let out = grpc_job(
+        cairn.listen(0),
+        json!({"calls": 8, "method": "Sleep", "payload": "0.5", "concurrency": 8}),
+    )
+    .await;
+    assert_eq!(codes(&out), [0; 8], "{out}");
+    let slowest = results(&out)
+        .iter()
+        .map(|r| r["seconds"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        slowest < 0.95,
+        "calls waited for streams: the slowest took {slowest} s"
+    );
+    let mut peers: Vec<&str> = results(&out)
+        .iter()
+        .map(|r| r["response"].as_str().unwrap())
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    assert!(peers.len() >= 4, "{peers:?}");
+}

@@ -27,6 +27,11 @@ impl GrpcServer {
 
     /// Starts a server whose health check answers NOT_SERVING while `health` holds `down`.
     pub fn start_with_health(id: &str, health: Option<&Path>) -> GrpcServer {
+        GrpcServer::start_with(id, health, None)
+    }
+
+    /// Starts a server with a health file, and at most `max_streams` streams per connection.
+    pub fn start_with(id: &str, health: Option<&Path>, max_streams: Option<u32>) -> GrpcServer {
         let mut command = Command::new("python3");
         command
             .arg(script("grpc_server.py"))
@@ -35,6 +40,9 @@ impl GrpcServer {
             .stderr(Stdio::inherit());
         if let Some(file) = health {
             command.env("HEALTH_FILE", file);
+        }
+        if let Some(n) = max_streams {
+            command.env("MAX_STREAMS", n.to_string());
         }
         let mut child = command
             .spawn()

@@ -7,7 +7,8 @@ killed. Messages are raw bytes. Methods of service `test.Echo`:
   Who      unary: answers ID; sends initial metadata `x-server: ID` (and `x-echo` back when the
            call carries it) and trailing metadata `x-trailer: ID`.
   Echo     unary: answers the request's bytes.
-  Sleep    unary: sleeps the request's seconds (a decimal), answers `slept`.
+  Sleep    unary: sleeps the request's seconds (a decimal), answers the caller's address (the
+           connection it came on).
   Left     unary: answers the seconds left before the call's deadline, or `none`.
   Fail     unary: ends with the status code in the request and the message `failed on ID`.
   Count    server streaming: answers the request's number of messages, `0`, `1`, ...
@@ -15,7 +16,8 @@ killed. Messages are raw bytes. Methods of service `test.Echo`:
   Sum      client streaming: answers the total bytes of the messages it got.
   Chat     bidirectional: answers each message with itself.
 and `grpc.health.v1.Health/Check`, which answers SERVING, or NOT_SERVING while the file given
-by the environment variable HEALTH_FILE holds `down`.
+by the environment variable HEALTH_FILE holds `down`. MAX_STREAMS, when set, is the server's
+MAX_CONCURRENT_STREAMS.
 """
 
 import os
@@ -41,7 +43,7 @@ def echo(request, context):
 
 def sleep(request, context):
     time.sleep(float(request.decode()))
-    return b"slept"
+    return context.peer().encode()
 
 
 def left(request, context):
@@ -114,7 +116,9 @@ server = grpc.server(
     options=[
         ("grpc.max_receive_message_length", LIMIT),
         ("grpc.max_send_message_length", LIMIT),
-    ],
+    ]
+    + ([("grpc.max_concurrent_streams", int(os.environ["MAX_STREAMS"]))]
+       if "MAX_STREAMS" in os.environ else []),
 )
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()

@@ -1,5 +1,7 @@
 //! HTTP/2 to instances (gRPC): one multiplexed connection per instance and worker, prior
-//! knowledge (h2c), as linkerd2-proxy and Envoy keep them. Each call is a stream on it, so a
+//! knowledge (h2c), as linkerd2-proxy and Envoy keep them, and more only when the instance's
+//! `MAX_CONCURRENT_STREAMS` is reached on every one (each stream is counted until its answer
+//! has ended). Each call is a stream on it, so a
 //! client's one long-lived connection has its calls spread over every instance. The connection
 //! is driven by a task of its own on the worker that made it; HTTP/2 pings find a dead instance
 //! while the connection is idle; a connection that closed (the instance's GOAWAY, a failed
@@ -7,11 +9,16 @@
 //! closing) goes on a new connection; one it may have sent is never sent again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
@@ -40,7 +47,73 @@ pub(crate) enum CallError {
 
 /// The HTTP/2 connections to instances, by instance and worker.
 pub(crate) struct H2Conns {
-    conns: Mutex<HashMap<(Addr, usize), SendRequest<CallBody>>>,
+    conns: Mutex<HashMap<(Addr, usize), Vec<Conn>>>,
+}
+
+/// One HTTP/2 connection to an instance, the streams open on it, and how many it may have.
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<CallBody>,
+    streams: Arc<AtomicUsize>,
+    /// The instance's `MAX_CONCURRENT_STREAMS`, as the connection's task last saw it.
+    max: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// Whether the connection takes one more stream now: open, and below the instance's
+    /// `MAX_CONCURRENT_STREAMS`.
+    fn has_room(&self) -> bool {
+        !self.sender.is_closed()
+            && self.streams.load(Ordering::Relaxed) < self.max.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream counted on its connection until dropped (with the response body it rides in).
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(streams: &Arc<AtomicUsize>) -> Slot {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Slot(Arc::clone(streams))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An instance's answer body, holding its stream's place on the connection until it ends.
+#[derive(Debug)]
+pub(crate) struct StreamBody {
+    body: Incoming,
+    slot: Option<Slot>,
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.slot = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl H2Conns {
@@ -51,7 +124,8 @@ impl H2Conns {
     }
 
     /// Sends `req` (an absolute URI: its authority is the `:authority`) to `addr` as a stream
-    /// of this worker's connection to it, made if there is none.
+    /// of this worker's connection to it with room for one more; a new connection is made when
+    /// every one has reached the instance's `MAX_CONCURRENT_STREAMS`, or there is none.
     ///
     /// # Errors
     /// [`CallError::Unsent`] when no connection took the call, [`CallError::Failed`] when it
@@ -62,23 +136,37 @@ impl H2Conns {
         connect_timeout: Duration,
         own: &OwnAddrs,
         mut req: Request<CallBody>,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<StreamBody>, CallError> {
         let key = (addr.clone(), workers::index());
         // A connection that closed gives the call back; a new one gets it once.
         for fresh in [false, true] {
-            let sender = match self.live(&key).filter(|_| !fresh) {
-                Some(sender) => sender,
+            let conn = match self.with_room(&key).filter(|_| !fresh) {
+                Some(conn) => conn,
                 None => match connect(addr, connect_timeout, own).await {
-                    Ok(sender) => {
-                        self.lock().insert(key.clone(), sender.clone());
-                        sender
+                    Ok((sender, max)) => {
+                        let conn = Conn {
+                            sender,
+                            streams: Arc::default(),
+                            max,
+                        };
+                        self.lock()
+                            .entry(key.clone())
+                            .or_default()
+                            .push(conn.clone());
+                        conn
                     }
                     Err(cause) => return Err(CallError::Unsent(cause, Box::new(req))),
                 },
             };
-            let mut sender = sender;
+            let slot = Slot::take(&conn.streams);
+            let mut sender = conn.sender;
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    return Ok(resp.map(|body| StreamBody {
+                        body,
+                        slot: Some(slot),
+                    }))
+                }
                 Err(mut e) => match e.take_message() {
                     Some(back) if !fresh => {
                         debug!(%addr, error = %crate::text::causes(e.error()), "h2 connection closing, taking a new one");
@@ -97,37 +185,37 @@ impl H2Conns {
         unreachable!("the loop returns on its second turn")
     }
 
-    /// This worker's open connection to the instance of `key`.
-    fn live(&self, key: &(Addr, usize)) -> Option<SendRequest<CallBody>> {
+    /// This worker's first connection to the instance of `key` with room for a stream; the
+    /// closed ones are forgotten on the way.
+    fn with_room(&self, key: &(Addr, usize)) -> Option<Conn> {
         let mut conns = self.lock();
-        match conns.get(key) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                conns.remove(key);
-                None
-            }
-            None => None,
-        }
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.sender.is_closed());
+        list.iter().find(|c| c.has_room()).cloned()
     }
 
     /// Forgets the connections that closed.
     pub(crate) fn sweep(&self) {
-        self.lock().retain(|_, sender| !sender.is_closed());
+        self.lock().retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed());
+            !list.is_empty()
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Addr, usize), SendRequest<CallBody>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Addr, usize), Vec<Conn>>> {
         self.conns
             .lock()
             .expect("the h2 connection lock is never held across a panic")
     }
 }
 
-/// A new HTTP/2 connection to `addr`, driven by a task on this worker.
+/// A new HTTP/2 connection to `addr`, driven by a task on this worker, with the instance's
+/// stream limit as that task sees it.
 async fn connect(
     addr: &Addr,
     timeout: Duration,
     own: &OwnAddrs,
-) -> Result<SendRequest<CallBody>, String> {
+) -> Result<(SendRequest<CallBody>, Arc<AtomicUsize>), String> {
     let stream = dial(addr, timeout, own).await.map_err(|e| e.to_string())?;
     let (sender, conn) = Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -137,11 +225,21 @@ async fn connect(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| crate::text::causes(&e))?;
+    // Until the instance's SETTINGS say otherwise, HTTP/2 allows any number of streams.
+    let max = Arc::new(AtomicUsize::new(usize::MAX));
+    let limit = Arc::clone(&max);
     let task_addr = addr.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let mut conn = conn;
+        let ended = std::future::poll_fn(|cx| {
+            let polled = Pin::new(&mut conn).poll(cx);
+            limit.store(conn.current_max_send_streams(), Ordering::Relaxed);
+            polled
+        })
+        .await;
+        if let Err(e) = ended {
             debug!(addr = %task_addr, error = %crate::text::causes(&e), "h2 connection to an instance ended");
         }
     });
-    Ok(sender)
+    Ok((sender, max))
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
-use super::h2::{CallBody, CallError, H2Conns};
+use super::h2::{CallBody, CallError, H2Conns, StreamBody};
 use super::shelf::Shelf;
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
@@ -104,7 +104,7 @@ impl Pool {
         self: &Arc<Self>,
         addr: &Addr,
         call: Request<CallBody>,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<StreamBody>, CallError> {
         let sent = self
             .h2
             .send(addr, self.connect_timeout, &self.own, call)
