@@ -32,6 +32,9 @@ use crate::rt::workers;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Streams opened on a new connection before the instance's SETTINGS arrive.
+const INITIAL_STREAMS: usize = 1;
+
 /// The calls' body: the client's, as hyper's server reads it.
 pub(crate) type CallBody = Incoming;
 
@@ -222,11 +225,14 @@ async fn connect(
         .keep_alive_interval(PING_EVERY)
         .keep_alive_timeout(PING_TIMEOUT)
         .keep_alive_while_idle(true)
+        // Until the instance's SETTINGS say how many streams it takes, one: a server that takes
+        // fewer than hyper's default of 100 resets the streams past its limit, and a call on a
+        // reset stream cannot be sent again.
+        .initial_max_send_streams(INITIAL_STREAMS)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| crate::text::causes(&e))?;
-    // Until the instance's SETTINGS say otherwise, HTTP/2 allows any number of streams.
-    let max = Arc::new(AtomicUsize::new(usize::MAX));
+    let max = Arc::new(AtomicUsize::new(INITIAL_STREAMS));
     let limit = Arc::clone(&max);
     let task_addr = addr.clone();
     tokio::spawn(async move {
