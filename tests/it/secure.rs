@@ -362,7 +362,12 @@ async fn a_watch_reopened_after_its_token_expired_authenticates_again_and_resume
     let cairn = cairn_as_user(&etcd, dir.path(), "").await;
     // cairn freezes past its token's lifetime; etcd drops its connection meanwhile. Thawed, its
     // watch must reopen with a fresh token (etcd cancels a watch created with an expired one)
-    // and resume from where it was.
+    // and resume from where it was. The first watch must be open before the freeze, or its
+    // creation is what fails and nothing is reopened.
+    eventually(SOON, "the first watch is open", || async {
+        (cairn.metric("cairn_registry_connected").await == 1.0).then_some(())
+    })
+    .await;
     cairn.signal("STOP");
     tokio::time::sleep(Duration::from_secs(4)).await;
     cairn.signal("CONT");
