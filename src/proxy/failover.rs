@@ -131,6 +131,22 @@ impl<'a> Attempts<'a> {
             &self.current,
             Outcome::ConnectFailed,
         );
+        self.next(addr, cause)
+    }
+
+    /// Records that `addr` refused a request before processing any of it (an HTTP/2
+    /// `REFUSED_STREAM`, or a GOAWAY below its stream), and says where to go next. The instance
+    /// is not judged for it: it answered, and said it was busy or closing.
+    ///
+    /// # Errors
+    /// As [`Attempts::failed`].
+    pub(crate) fn refused(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
+        debug!(service = self.service, %addr, error = %cause, "instance refused the request unprocessed; trying another");
+        self.next(addr, cause)
+    }
+
+    /// The next instance after `addr` failed with `cause`, while attempts are left.
+    fn next(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
         self.failed += 1;
         if self.failed < self.limit {
             let (cell, pick) = (self.cell, &self.pick);

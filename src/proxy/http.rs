@@ -45,6 +45,7 @@ pub(crate) mod headers;
 pub(crate) mod listener;
 pub(crate) mod pool;
 pub(crate) mod prefixed;
+pub(crate) mod replay;
 pub(crate) mod routes;
 pub(crate) mod shelf;
 pub(crate) mod upgrade;

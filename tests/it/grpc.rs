@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::support::cairn::{Cairn, ADMIN};
 use crate::support::etcd::Etcd;
 use crate::support::grpc::{grpc_job, GrpcServer};
+use crate::support::h2raw::{Answer, RawH2};
 use crate::support::http::memory_kib;
 
 const SOON: Duration = Duration::from_secs(10);
@@ -416,4 +417,99 @@ async fn calls_past_an_instances_stream_limit_go_on_more_connections() {
     peers.sort_unstable();
     peers.dedup();
     assert!(peers.len() >= 4, "{peers:?}");
+}
+
+/// etcd, a grpcio server `a` and a raw HTTP/2 instance `bad` answering `answer`, and cairn
+/// balancing `echo` over both by round robin.
+async fn beside_a_raw_instance(answer: Answer) -> (Etcd, GrpcServer, RawH2, Cairn) {
+    let etcd = Etcd::start().await;
+    let good = GrpcServer::start("a");
+    let bad = RawH2::start(answer).await;
+    let mut kv = etcd.client().await;
+    kv.put("/services/echo/a", good.addr.to_string(), None)
+        .await
+        .unwrap();
+    kv.put("/services/echo/bad", bad.addr.to_string(), None)
+        .await
+        .unwrap();
+    let cairn = Cairn::start(&format!(
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\nbalance = \"round_robin\"\n",
+        etcd.endpoint()
+    ))
+    .await;
+    cairn.wait_instances("echo", &["a", "bad"], SOON).await;
+    (etcd, good, bad, cairn)
+}
+
+/// How many Echo calls the grpcio server has answered.
+async fn echoed(server: &GrpcServer) -> u64 {
+    let out = grpc_job(server.addr, json!({"calls": 1, "method": "Tally"})).await;
+    results(&out)[0]["response"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_call_an_instance_refused_unprocessed_goes_to_another_whole_and_once() {
+    for answer in [Answer::Refuse, Answer::GoAwayBelow] {
+        let (_etcd, good, bad, cairn) = beside_a_raw_instance(answer).await;
+        // Bodies of one frame and of several (16 KiB frames): each refused call is sent again
+        // whole.
+        for size in [100, 40_000] {
+            let out = grpc_job(
+                cairn.listen(0),
+                json!({"calls": 10, "method": "Echo", "size": size}),
+            )
+            .await;
+            for r in results(&out) {
+                assert_eq!(r["code"], 0, "{answer:?}: {r}");
+                assert_eq!(r["length"], size, "{answer:?}: {r}");
+            }
+        }
+        assert!(
+            bad.calls() >= 5,
+            "{answer:?}: the raw instance saw {} calls",
+            bad.calls()
+        );
+        assert_eq!(
+            echoed(&good).await,
+            20,
+            "{answer:?}: a call was duplicated or lost"
+        );
+        assert!(
+            !cairn.log().contains("connect to instance failed"),
+            "{answer:?}: a refusal was taken for a failed instance"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_call_an_instance_may_have_processed_is_never_sent_again() {
+    let (_etcd, good, bad, cairn) = beside_a_raw_instance(Answer::Reset).await;
+    let out = grpc_job(
+        cairn.listen(0),
+        json!({"calls": 10, "method": "Echo", "payload": "once"}),
+    )
+    .await;
+    let failed = codes(&out).iter().filter(|c| **c == 14).count();
+    let passed = codes(&out).iter().filter(|c| **c == 0).count();
+    assert_eq!(failed + passed, 10, "{out}");
+    assert_eq!(failed, bad.calls(), "{out}");
+    assert!(
+        failed >= 3,
+        "round robin sent {failed} of 10 to the resetting instance"
+    );
+    assert_eq!(
+        echoed(&good).await,
+        passed as u64,
+        "a reset call was sent again"
+    );
+    let details = results(&out)
+        .iter()
+        .find(|r| r["code"] == 14)
+        .map(|r| r["details"].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(details.contains("echo"), "{details}");
 }

@@ -7,6 +7,7 @@ killed. Messages are raw bytes. Methods of service `test.Echo`:
   Who      unary: answers ID; sends initial metadata `x-server: ID` (and `x-echo` back when the
            call carries it) and trailing metadata `x-trailer: ID`.
   Echo     unary: answers the request's bytes.
+  Tally    unary: answers how many Echo calls it has answered, in decimal.
   Sleep    unary: sleeps the request's seconds (a decimal), answers the caller's address (the
            connection it came on).
   Left     unary: answers the seconds left before the call's deadline, or `none`.
@@ -20,6 +21,7 @@ by the environment variable HEALTH_FILE holds `down`. MAX_STREAMS, when set, is 
 MAX_CONCURRENT_STREAMS.
 """
 
+import itertools
 import os
 import sys
 import time
@@ -37,8 +39,18 @@ def who(request, context):
     return ID.encode()
 
 
+ECHOED = itertools.count(1)
+echoed = 0
+
+
 def echo(request, context):
+    global echoed
+    echoed = next(ECHOED)
     return request
+
+
+def tally(request, context):
+    return str(echoed).encode()
 
 
 def sleep(request, context):
@@ -97,6 +109,7 @@ RAW = dict(request_deserializer=None, response_serializer=None)
 ECHO = grpc.method_handlers_generic_handler("test.Echo", {
     "Who": grpc.unary_unary_rpc_method_handler(who, **RAW),
     "Echo": grpc.unary_unary_rpc_method_handler(echo, **RAW),
+    "Tally": grpc.unary_unary_rpc_method_handler(tally, **RAW),
     "Sleep": grpc.unary_unary_rpc_method_handler(sleep, **RAW),
     "Fail": grpc.unary_unary_rpc_method_handler(fail, **RAW),
     "Left": grpc.unary_unary_rpc_method_handler(left, **RAW),

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod cairn;
 pub mod etcd;
 pub mod grpc;
+pub mod h2raw;
 pub mod http;
 pub mod pki;
 pub mod raw;

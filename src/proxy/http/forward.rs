@@ -26,6 +26,7 @@ use super::h1::write::{write_forwarded, BodyFraming, Forwarding};
 use super::h2::CallError;
 use super::headers::{request_host, strip_hop_by_hop, upgrade_protocol, Listed, ALLOWED};
 use super::pool::SendError;
+use super::replay::{Replay, REPLAY_LIMIT};
 use super::routes::Route;
 use super::upgrade::tunnel;
 use crate::addr::Addr;
@@ -196,23 +197,32 @@ impl Forwarder {
             body: framing,
             upgrade: None,
         };
-        let mut headers = HeaderMap::new();
-        write_forwarded(&parts.headers, &how, &mut headers);
         // gRPC asks for trailers end to end; `te: trailers` is the one TE HTTP/2 allows.
         let trailers = parts
             .headers
             .get_all(header::TE)
             .iter()
             .any(|v| Listed::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case("trailers")));
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        headers.remove("grpc-timeout");
+        // The call's headers, written for each attempt that needs them (most need them once).
+        let head = || {
+            let mut headers = HeaderMap::new();
+            write_forwarded(&parts.headers, &how, &mut headers);
+            if trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            headers.remove("grpc-timeout");
+            headers
+        };
         let target = origin_target(&parts.uri).to_string();
-        let mut call = Request::new(body);
-        *call.method_mut() = parts.method;
-        *call.version_mut() = Version::HTTP_2;
-        *call.headers_mut() = headers;
+        let build = |body| {
+            let mut call = Request::new(body);
+            *call.method_mut() = parts.method.clone();
+            *call.version_mut() = Version::HTTP_2;
+            *call.headers_mut() = head();
+            call
+        };
+        let (replay, first) = Replay::new(body);
+        let mut call = build(first);
         loop {
             let authority = match &host {
                 Some(h) if !route.config.rewrite_host => h.clone(),
@@ -239,16 +249,29 @@ impl Forwarder {
                 })?;
             match sent {
                 Ok(resp) => {
+                    replay.settle();
                     attempts.answered(&addr, resp.status());
                     // The call stays in flight on its instance until its answer has ended.
                     return Ok(
                         resp.map(|body| Guarded::new(body, inflight).map_err(Into::into).boxed())
                     );
                 }
-                // Nothing of the call was sent: the next instance takes it.
+                // Nothing of the call was sent: the next instance takes it as it was.
                 Err(CallError::Unsent(cause, back)) => {
                     call = *back;
                     addr = attempts.failed(&addr, &cause)?;
+                }
+                // The instance processed none of it: the next takes it, body and all.
+                Err(CallError::Refused(cause)) => {
+                    let Some(body) = replay.again() else {
+                        let cause = format!(
+                            "{cause} (refused unprocessed, but not sent again: its body is over {} KiB or failed)",
+                            REPLAY_LIMIT / 1024
+                        );
+                        return Err(upstream_error(route, addr, cause));
+                    };
+                    call = build(body);
+                    addr = attempts.refused(&addr, &cause)?;
                 }
                 Err(CallError::Failed(cause)) => {
                     debug!(service = %route.service, %addr, error = %cause, "upstream call failed");

@@ -6,7 +6,8 @@
 //! is driven by a task of its own on the worker that made it; HTTP/2 pings find a dead instance
 //! while the connection is idle; a connection that closed (the instance's GOAWAY, a failed
 //! ping) is replaced at the next call. A call that the connection gives back unsent (it was
-//! closing) goes on a new connection; one it may have sent is never sent again.
+//! closing) goes on a new connection; one the instance refused unprocessed (`REFUSED_STREAM`,
+//! or a GOAWAY below its stream id) is [`CallError::Refused`]; any other is never sent again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,8 +36,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams opened on a new connection before the instance's SETTINGS arrive.
 const INITIAL_STREAMS: usize = 1;
 
-/// The calls' body: the client's, as hyper's server reads it.
-pub(crate) type CallBody = Incoming;
+/// The calls' body: the client's, kept so a refused call can be sent again.
+pub(crate) type CallBody = super::replay::Attempt;
 
 /// Why a call got no response.
 #[derive(Debug)]
@@ -44,6 +45,9 @@ pub(crate) enum CallError {
     /// Nothing of the call reached the instance (no connection, or one that gave the call
     /// back): another instance may take it, with the request given back.
     Unsent(String, Box<Request<CallBody>>),
+    /// The instance refused the call before processing any of it: another instance may take
+    /// it, with its body sent again.
+    Refused(String),
     /// The call may have reached the instance: it is never sent again.
     Failed(String),
 }
@@ -181,6 +185,9 @@ impl H2Conns {
                             Box::new(back),
                         ))
                     }
+                    None if refused_unprocessed(e.error()) => {
+                        return Err(CallError::Refused(crate::text::causes(e.error())))
+                    }
                     None => return Err(CallError::Failed(crate::text::causes(e.error()))),
                 },
             }
@@ -210,6 +217,22 @@ impl H2Conns {
             .lock()
             .expect("the h2 connection lock is never held across a panic")
     }
+}
+
+/// Whether the instance said it processed none of the stream: it reset it with
+/// `REFUSED_STREAM`, or its GOAWAY named a last stream below it (RFC 9113 §8.7: either way the
+/// request may be sent again).
+fn refused_unprocessed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(e) = cause.downcast_ref::<h2::Error>() {
+            return e.is_remote()
+                && (e.is_go_away()
+                    || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A new HTTP/2 connection to `addr`, driven by a task on this worker, with the instance's
