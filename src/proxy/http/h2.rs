@@ -149,7 +149,8 @@ impl H2Conns {
         for fresh in [false, true] {
             let conn = match self.with_room(&key).filter(|_| !fresh) {
                 Some(conn) => conn,
-                None => match connect(addr, connect_timeout, own).await {
+                // Boxed: a connect's state is large and rare, a call's moves with it.
+                None => match Box::pin(connect(addr, connect_timeout, own)).await {
                     Ok((sender, max)) => {
                         let conn = Conn {
                             sender,
