@@ -161,7 +161,10 @@ impl Server {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = hangups.recv() => running.reload().await,
+                Some(()) = hangups.recv() => match running.reload(&mut hangups, &shutdown).await {
+                    reload::After::Run => {}
+                    reload::After::ShutDown => break,
+                },
             }
         }
         running.shut_down().await;

@@ -167,6 +167,26 @@ impl Etcd {
     }
 }
 
+/// Whether etcd answers a read of `prefix` (a count, no values) as this connection's user:
+/// reachable, authenticated, and allowed to read the registry.
+///
+/// # Errors
+/// What failed, naming the endpoints.
+pub async fn answers(etcd: &mut Etcd, prefix: &str) -> Result<(), EtcdError> {
+    etcd.authenticate().await?;
+    let mut kv = etcd.client.kv_client();
+    let options = GetOptions::new()
+        .with_range(prefix_end(prefix.as_bytes()))
+        .with_count_only();
+    etcd.metrics
+        .observe(Op::Range, async {
+            Ok(kv.get(prefix.as_bytes(), Some(options)).await?)
+        })
+        .await
+        .map(drop)
+        .map_err(|e| etcd.at(e))
+}
+
 /// One consistent read of a prefix.
 #[derive(Debug)]
 pub struct Listing {

@@ -71,6 +71,33 @@ impl EtcdSide {
         fallback: Option<Fallback>,
     ) -> Result<EtcdSide, Error> {
         let etcd = Etcd::connect(&wiring.etcd, metrics.etcd.clone()).await?;
+        Ok(EtcdSide::spawn(wiring, etcd, store, metrics, fallback))
+    }
+
+    /// As [`EtcdSide::start`] without a fallback, once etcd has answered a read of the prefix:
+    /// a reload takes a new `[etcd]` only when it works.
+    ///
+    /// # Errors
+    /// When the client cannot be built, or etcd does not answer (unreachable, wrong
+    /// credentials, no permission to read the prefix).
+    pub(crate) async fn start_answering(
+        wiring: Wiring,
+        store: &Arc<Store>,
+        metrics: &SideMetrics,
+    ) -> Result<EtcdSide, Error> {
+        let mut etcd = Etcd::connect(&wiring.etcd, metrics.etcd.clone()).await?;
+        crate::etcd::answers(&mut etcd, &wiring.etcd.prefix).await?;
+        Ok(EtcdSide::spawn(wiring, etcd, store, metrics, None))
+    }
+
+    /// Starts discovery through `etcd`.
+    fn spawn(
+        wiring: Wiring,
+        etcd: Etcd,
+        store: &Arc<Store>,
+        metrics: &SideMetrics,
+        fallback: Option<Fallback>,
+    ) -> EtcdSide {
         let stop = CancellationToken::new();
         let mut tasks = vec![tokio::spawn(
             Members::new(wiring.etcd.clone(), metrics.etcd.clone()).run(stop.clone()),
@@ -104,12 +131,12 @@ impl EtcdSide {
                     .spawn(stop.clone()),
             );
         }
-        Ok(EtcdSide {
+        EtcdSide {
             wiring,
             etcd,
             stop,
             tasks,
-        })
+        }
     }
 
     /// Stops every task and waits for them.

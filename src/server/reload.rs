@@ -1,15 +1,20 @@
-//! Applying a new config to a running cairn (SIGHUP): everything that can fail is done first
-//! (reading the file, binding new sockets, connecting to a new etcd), so a refused reload
-//! changes nothing; then each part takes what changed, and no open connection is dropped.
+//! Applying a new config to a running cairn (SIGHUP) in two steps: [`Running::prepare`] does
+//! everything that can fail (reading the file, binding new sockets, a new etcd answering a read
+//! of the registry) and changes nothing, so a refused or abandoned reload leaves cairn as it
+//! was; [`Running::commit`] then gives each part what changed, and no open connection is
+//! dropped. SIGTERM cuts a reload short while it prepares; a SIGHUP meanwhile makes one more.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::Signal;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::etcd_side::{EtcdSide, Wiring};
-use super::plane::Spec;
+use super::plane::{Identity, Spec};
 use super::running::{bind, configure_cells, registrar, specs, Running};
 use crate::admin::ADMIN_BACKLOG;
 use crate::config::Config;
@@ -26,41 +31,89 @@ struct Changes {
     admin: bool,
 }
 
+/// A new config with everything that could fail already done: its new sockets bound, its new
+/// etcd answering. Dropped, it changes nothing.
+pub(super) struct Prepared {
+    next: Config,
+    wanted: Vec<Spec>,
+    fresh: HashMap<Identity, TcpListener>,
+    admin_socket: Option<TcpListener>,
+    side: Option<EtcdSide>,
+}
+
+/// What the signal loop does after a reload.
+pub(super) enum After {
+    /// Go on running.
+    Run,
+    /// SIGTERM came during the reload: shut down.
+    ShutDown,
+}
+
 impl Running {
     /// Reads the config file again and applies it; an invalid file, or one whose new ports
     /// or etcd cannot be had, is logged with what is wrong and the running config kept.
-    pub(super) async fn reload(&mut self) {
+    ///
+    /// While the new config is prepared (a new etcd may take seconds to answer, or never),
+    /// SIGTERM abandons the reload, nothing of it applied, and more SIGHUPs are coalesced into
+    /// one more reload once this one is done. Once prepared, the commit is quick and runs to
+    /// its end.
+    pub(super) async fn reload(
+        &mut self,
+        hangups: &mut Signal,
+        shutdown: &CancellationToken,
+    ) -> After {
         let Some(path) = self.path.clone() else {
             info!("SIGHUP received, but this cairn has no config file to read again");
-            return;
+            return After::Run;
         };
-        info!(path = %path.display(), "SIGHUP received, reloading the config");
-        let applied = match Config::load(&path) {
-            Ok(next) => self.apply(next).await,
-            Err(e) => Err(Error::Config(e)),
-        };
-        match applied {
-            Ok(c) => {
-                self.reloads.count(true);
-                info!(
-                    listeners_added = c.added,
-                    listeners_removed = c.removed,
-                    listeners_changed = c.changed,
-                    etcd_reconnected = c.etcd,
-                    registrations_changed = c.registrations,
-                    admin_moved = c.admin,
-                    "config reloaded"
-                );
-            }
-            Err(e) => {
-                self.reloads.count(false);
-                error!(error = %e, "config reload refused, still running the previous config");
+        let mut again = true;
+        while std::mem::take(&mut again) {
+            info!(path = %path.display(), "SIGHUP received, reloading the config");
+            let prepared = {
+                let prepare = self.prepare(&path);
+                tokio::pin!(prepare);
+                loop {
+                    tokio::select! {
+                        prepared = &mut prepare => break prepared,
+                        _ = shutdown.cancelled() => {
+                            info!("shutting down: the reload is abandoned, nothing of it was applied");
+                            return After::ShutDown;
+                        }
+                        Some(()) = hangups.recv() => {
+                            if !again {
+                                info!("SIGHUP during a reload: the config is read again once this reload is done");
+                            }
+                            again = true;
+                        }
+                    }
+                }
+            };
+            match prepared {
+                Ok(prepared) => {
+                    let c = self.commit(prepared).await;
+                    self.reloads.count(true);
+                    info!(
+                        listeners_added = c.added,
+                        listeners_removed = c.removed,
+                        listeners_changed = c.changed,
+                        etcd_reconnected = c.etcd,
+                        registrations_changed = c.registrations,
+                        admin_moved = c.admin,
+                        "config reloaded"
+                    );
+                }
+                Err(e) => {
+                    self.reloads.count(false);
+                    error!(error = %e, "config reload refused, still running the previous config");
+                }
             }
         }
+        After::Run
     }
 
-    async fn apply(&mut self, next: Config) -> Result<Changes, Error> {
-        // First what can fail, so a refused reload leaves everything as it was.
+    /// Everything of the config at `path` that can fail, changing nothing that runs.
+    async fn prepare(&self, path: &Path) -> Result<Prepared, Error> {
+        let next = Config::load(path).map_err(Error::Config)?;
         let wanted = specs(&next);
         let mut fresh: HashMap<_, TcpListener> = HashMap::new();
         for spec in &wanted {
@@ -77,10 +130,28 @@ impl Running {
         let side = match wiring == self.side.wiring {
             true => None,
             false => Some(
-                EtcdSide::start(wiring, &self.plane.shared().store, &self.side_metrics, None)
+                EtcdSide::start_answering(wiring, &self.plane.shared().store, &self.side_metrics)
                     .await?,
             ),
         };
+        Ok(Prepared {
+            next,
+            wanted,
+            fresh,
+            admin_socket,
+            side,
+        })
+    }
+
+    /// Applies a prepared config: each part takes what changed.
+    async fn commit(&mut self, prepared: Prepared) -> Changes {
+        let Prepared {
+            next,
+            wanted,
+            mut fresh,
+            admin_socket,
+            side,
+        } = prepared;
         if next.workers != self.config.workers {
             warn!(
                 running = self.config.workers,
@@ -89,7 +160,6 @@ impl Running {
             );
         }
 
-        // Then every part takes what changed.
         let mut changes = Changes::default();
         // The etcd side first: two discoveries must not write the store at once for long.
         let registrations_changed = next.registrations != self.config.registrations
@@ -171,6 +241,6 @@ impl Running {
         }
         self.config = next;
         self.start_checks();
-        Ok(changes)
+        changes
     }
 }

@@ -331,6 +331,149 @@ async fn a_reload_that_changes_etcd_reconnects_and_the_registration_never_leaves
 }
 
 #[tokio::test]
+async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revokes_the_lease() {
+    let etcd = Etcd::start().await;
+    let frozen = Etcd::start().await;
+    // A long TTL: only a revoke takes the key away before cairn's exit is checked.
+    let registration =
+        "\n[[register]]\nservice = \"me\"\nid = \"n1\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
+    let v1 = format!("{}{registration}", config(&etcd.endpoint(), &["svc"], ""));
+    let mut cairn = Cairn::start_with_args(&v1, &["--shutdown-grace", "2s"]).await;
+    let registered = || async {
+        let got = etcd
+            .client()
+            .await
+            .get("/services/me/n1", None)
+            .await
+            .ok()?;
+        Some(!got.kvs().is_empty())
+    };
+    eventually(SOON, "the registration is written", || async {
+        registered().await.filter(|r| *r)
+    })
+    .await;
+    // The reload's new etcd accepts connections and never answers.
+    frozen.signal("STOP");
+    let v2 = v1.replace(&etcd.endpoint(), &frozen.endpoint());
+    std::fs::write(cairn.dir().join("cairn.toml"), v2).unwrap();
+    cairn.signal("HUP");
+    eventually(SOON, "the reload begins", || async {
+        cairn.log().contains("reloading the config").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    cairn.signal("TERM");
+    let status = cairn.wait_exit(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    frozen.signal("CONT");
+    assert!(status.success(), "{status}: {}", cairn.log());
+    // Within the 2 s grace (and well before the 10 s an etcd request may take).
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM waited {took:?} for the reload; log:\n{}",
+        cairn.log()
+    );
+    assert_eq!(
+        registered().await,
+        Some(false),
+        "the lease was not revoked; log:\n{}",
+        cairn.log()
+    );
+    assert!(
+        cairn.log().contains("the reload is abandoned"),
+        "{}",
+        cairn.log()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_to_an_etcd_that_does_not_answer_is_refused_and_sighups_meanwhile_coalesce() {
+    let etcd = Etcd::start().await;
+    let frozen = Etcd::start().await;
+    let registration =
+        "\n[[register]]\nservice = \"me\"\nid = \"n1\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
+    let v1 = format!("{}{registration}", config(&etcd.endpoint(), &["svc"], ""));
+    let cairn = Cairn::start(&v1).await;
+    let lease_of = || async {
+        let got = etcd
+            .client()
+            .await
+            .get("/services/me/n1", None)
+            .await
+            .ok()?;
+        got.kvs().first().map(|kv| kv.lease())
+    };
+    let first = eventually(SOON, "the registration is written", lease_of).await;
+
+    // Nothing listens there: refused, naming the endpoint; the old etcd side goes on.
+    let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let refused = cairn
+        .reload(&v1.replace(&etcd.endpoint(), &nowhere))
+        .await
+        .expect_err("an etcd nobody answers for is taken");
+    assert!(refused.contains(&format!("etcd at {nowhere}")), "{refused}");
+    let a = Tagged::start("a").await;
+    etcd.client()
+        .await
+        .put("/services/svc/a", a.addr.to_string(), None)
+        .await
+        .unwrap();
+    cairn.wait_instances("svc", &["a"], SOON).await;
+    assert_eq!(lease_of().await, Some(first), "the registration moved");
+
+    // A reload waiting on a frozen etcd; two more SIGHUPs meanwhile make one more reload.
+    frozen.signal("STOP");
+    std::fs::write(
+        cairn.dir().join("cairn.toml"),
+        v1.replace(&etcd.endpoint(), &frozen.endpoint()),
+    )
+    .unwrap();
+    cairn.signal("HUP");
+    eventually(SOON, "the reload begins", || async {
+        cairn.log().contains("reloading the config").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cairn.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cairn.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    frozen.signal("CONT");
+    let verdicts = || {
+        cairn
+            .log()
+            .lines()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+    };
+    eventually(SOON, "two reloads end", || async {
+        (verdicts() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = cairn.log();
+    assert_eq!(verdicts(), 2, "{log}");
+    assert_eq!(
+        log.matches("SIGHUP during a reload: the config is read again")
+            .count(),
+        1,
+        "{log}"
+    );
+    // The new etcd serves the registration.
+    eventually(SOON, "the registration is in the new etcd", || async {
+        let got = frozen
+            .client()
+            .await
+            .get("/services/me/n1", None)
+            .await
+            .ok()?;
+        (!got.kvs().is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_cold_start_with_etcd_down_routes_from_the_cache_until_etcd_answers() {
     let mut etcd = Etcd::start().await;
     let mut kv = etcd.client().await;

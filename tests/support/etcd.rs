@@ -28,6 +28,17 @@ struct Member {
 }
 
 impl Member {
+    /// Sends `sig` (`"STOP"`, `"CONT"`) to the member.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the member is running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
     fn new(root: &Path, name: &str) -> Member {
         Member {
             name: name.to_string(),
@@ -237,6 +248,11 @@ impl Etcd {
         );
     }
 
+    /// Sends `sig` (`"STOP"` freezes it, `"CONT"` thaws it).
+    pub fn signal(&self, sig: &str) {
+        self.member.signal(sig);
+    }
+
     /// Kills etcd (SIGKILL) and waits for it to exit; the data directory stays.
     pub fn kill(&mut self) {
         self.member.kill();
@@ -325,17 +341,7 @@ impl Cluster {
 
     /// Sends `sig` (`"STOP"`, `"CONT"`) to member `i`.
     pub fn signal(&self, i: usize, sig: &str) {
-        let pid = self.members[i]
-            .child
-            .as_ref()
-            .expect("the member is running")
-            .id();
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -{sig} {pid} failed");
+        self.members[i].signal(sig);
     }
 
     /// The index of the member that leads, asked of each live member in turn.
