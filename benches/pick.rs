@@ -56,6 +56,7 @@ fn pick(c: &mut Criterion) {
         Balance::RoundRobin,
         Balance::Random,
         Balance::LeastRequest,
+        Balance::Ewma,
         Balance::Hash,
     ];
     for weighted in [false, true] {

@@ -4,12 +4,14 @@
 //! update. The discovery task is the only writer: [`StoreWriter`] builds a new snapshot for each
 //! service that really changed and swaps it in whole. Instances are shared between successive
 //! snapshots by reference count, so each is held in memory once, and so is its live
-//! [`InstanceState`]: requests in flight, failures in a row, ejection, health checks.
+//! [`InstanceState`]: requests in flight, latency, failures in a row, ejection, health checks.
 
 mod cell;
+pub mod latency;
 mod policy;
 mod state;
 mod store;
+pub mod timing;
 mod writer;
 
 pub use cell::{Pick, Retries, ServiceCell, Snapshot};

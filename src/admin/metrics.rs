@@ -1,11 +1,11 @@
 //! The metrics read off the snapshot store at scrape time: the applied revision, whether the
-//! registry is synced, and for each service its instances, how many are usable, its ejections
-//! and its active health checks.
+//! registry is synced, and for each service its instances, how many are usable, its ejections,
+//! its instances' answer times and its active health checks.
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -64,6 +64,22 @@ impl Collector for StoreCollector {
             &cells,
             |cell| cell.ejections(),
         )?;
+        let mut family = encoder.encode_descriptor(
+            "cairn_response_seconds",
+            "Time from a request's start at an instance to its response head (HTTP, gRPC), by service.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, cell) in &cells {
+            let Some(timings) = cell.timings() else {
+                continue;
+            };
+            let (sum, count, buckets) = timings.read();
+            let labels = [("service", name.as_str())];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
         let mut family = encoder.encode_descriptor(
             "cairn_health_checks",
             "Active health checks of instances, by result.",

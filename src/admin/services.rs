@@ -31,6 +31,9 @@ struct InstanceView<'a> {
     state: &'static str,
     usable: bool,
     inflight: u32,
+    /// The peak-EWMA latency estimate (ms) as `ewma` weighs it now: decayed toward zero since
+    /// its last sample. `None` before its first answer.
+    ewma_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ejected_seconds_left: Option<u64>,
 }
@@ -59,6 +62,7 @@ pub(crate) fn state_name(state: &InstanceState) -> &'static str {
 }
 
 fn view<'a>(cell: &ServiceCell, snapshot: &'a Snapshot, now: u64) -> ServiceView<'a> {
+    let now_ns = crate::clock::now_ns();
     let instances = snapshot
         .instances()
         .iter()
@@ -73,6 +77,10 @@ fn view<'a>(cell: &ServiceCell, snapshot: &'a Snapshot, now: u64) -> ServiceView
             state: state_name(state),
             usable: snapshot.is_usable(index),
             inflight: state.inflight(),
+            ewma_ms: state
+                .latency()
+                .sampled_ns()
+                .map(|_| (state.latency().cost_ns(now_ns) / 1e3).round() / 1e3),
             ejected_seconds_left: state.ejected_seconds_left(now),
         })
         .collect();

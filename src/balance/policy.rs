@@ -21,6 +21,11 @@ pub enum Balance {
     /// Of two instances drawn at random (weighted), the one with fewer connections or requests
     /// in flight for its weight.
     LeastRequest,
+    /// Of two different instances drawn at random (weighted), the one whose peak-EWMA latency
+    /// times its connections or requests in flight plus one is lower for its weight
+    /// (linkerd2-proxy's balancer): a slow instance gets little, however few requests are in
+    /// flight.
+    Ewma,
     /// Consistent hashing of a key of the connection or request (Maglev): the same key lands on
     /// the same instance, and an instance's arrival or departure moves about 1/N of the keys.
     Hash,
@@ -33,6 +38,7 @@ impl Balance {
             Balance::RoundRobin => "round_robin",
             Balance::Random => "random",
             Balance::LeastRequest => "least_request",
+            Balance::Ewma => "ewma",
             Balance::Hash => "hash",
         }
     }

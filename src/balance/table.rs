@@ -55,7 +55,9 @@ impl Table {
             _ => None,
         };
         let alias = match balance {
-            Balance::Random | Balance::LeastRequest if !equal => Some(alias(&weights)),
+            Balance::Random | Balance::LeastRequest | Balance::Ewma if !equal => {
+                Some(alias(&weights))
+            }
             _ => None,
         };
         let ring = match balance {
@@ -92,14 +94,15 @@ impl Table {
 
     /// Picks an instance index: `counter` is the service's round-robin position, `key` the hash
     /// of the connection or request (the hash policy falls back to round robin without one),
-    /// `inflight` an instance's connections or requests in flight. `None` when empty.
+    /// `load` an instance's load as the two-choice policies compare it (its connections or
+    /// requests in flight; for `ewma`, its latency times those plus one). `None` when empty.
     #[inline]
     pub fn pick(
         &self,
         balance: Balance,
         counter: &AtomicUsize,
         key: Option<u64>,
-        inflight: impl Fn(u32) -> u32,
+        load: impl Fn(u32) -> f64,
     ) -> Option<u32> {
         let n = self.pickable.len();
         if n == 0 {
@@ -109,19 +112,50 @@ impl Table {
             (Balance::Hash, Some(key)) => self.lookup(key),
             (Balance::RoundRobin | Balance::Hash, _) => self.next(counter),
             (Balance::Random, _) => self.draw(),
-            (Balance::LeastRequest, _) => {
-                let (a, b) = (self.draw(), self.draw());
-                let load = |p: usize| u64::from(inflight(self.pickable[p]));
-                let weight = |p: usize| self.weights.get(p).map_or(1, |w| u64::from(*w));
-                // Fewer in flight per unit of weight wins; cross-multiplied, so no division.
-                if load(b) * weight(a) < load(a) * weight(b) {
-                    b
-                } else {
-                    a
-                }
+            (Balance::LeastRequest, _) => self.lighter(self.draw(), self.draw(), &load),
+            (Balance::Ewma, _) => {
+                let a = self.draw();
+                self.lighter(a, self.draw_other(a), &load)
             }
         };
         Some(self.pickable[position])
+    }
+
+    /// Of positions `a` and `b`, the one with less load per unit of weight (`a` on a tie).
+    #[inline]
+    fn lighter(&self, a: usize, b: usize, load: &impl Fn(u32) -> f64) -> usize {
+        let load = |p: usize| load(self.pickable[p]);
+        let weight = |p: usize| self.weights.get(p).map_or(1.0, |w| f64::from(*w));
+        // Cross-multiplied, so no division.
+        if load(b) * weight(a) < load(a) * weight(b) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// A draw other than `a` when there is another instance: without it, an instance drawn
+    /// twice would be picked whatever its load, a ninth of the time among three.
+    #[inline]
+    fn draw_other(&self, a: usize) -> usize {
+        let n = self.pickable.len();
+        if n < 2 {
+            return a;
+        }
+        if self.alias.is_none() {
+            // Uniform: one of the n - 1 others, evenly.
+            let r: u64 = rand::random();
+            let other = (((r & 0xffff_ffff) * (n as u64 - 1)) >> 32) as usize;
+            return if other >= a { other + 1 } else { other };
+        }
+        // Weighted: draw again (a few times at most: only a dominant weight repeats often).
+        for _ in 0..8 {
+            let b = self.draw();
+            if b != a {
+                return b;
+            }
+        }
+        (a + 1) % n
     }
 
     #[inline]
@@ -352,7 +386,7 @@ mod tests {
         let counter = AtomicUsize::new(0);
         let mut counts = vec![0; t.len()];
         for _ in 0..picks {
-            counts[t.pick(balance, &counter, None, |_| 0).unwrap() as usize] += 1;
+            counts[t.pick(balance, &counter, None, |_| 0.0).unwrap() as usize] += 1;
         }
         counts
     }
@@ -362,13 +396,19 @@ mod tests {
         let counter = AtomicUsize::new(0);
         let t = table(Balance::RoundRobin, &[1, 1, 1]);
         let seq: Vec<u32> = (0..6)
-            .map(|_| t.pick(Balance::RoundRobin, &counter, None, |_| 0).unwrap())
+            .map(|_| {
+                t.pick(Balance::RoundRobin, &counter, None, |_| 0.0)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
         let t = table(Balance::RoundRobin, &[5, 1, 1]);
         let counter = AtomicUsize::new(0);
         let seq: Vec<u32> = (0..7)
-            .map(|_| t.pick(Balance::RoundRobin, &counter, None, |_| 0).unwrap())
+            .map(|_| {
+                t.pick(Balance::RoundRobin, &counter, None, |_| 0.0)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "a a b a c a a");
     }
@@ -394,7 +434,12 @@ mod tests {
 
     #[test]
     fn weights_1_2_7_split_every_policy_within_2_percent() {
-        for balance in [Balance::RoundRobin, Balance::Random, Balance::LeastRequest] {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::LeastRequest,
+            Balance::Ewma,
+        ] {
             let t = table(balance, &[1, 2, 7]);
             let counts = spread(&t, balance, 10_000);
             for (c, want) in counts.iter().zip([1000, 2000, 7000]) {
@@ -411,9 +456,9 @@ mod tests {
             .map(|_| {
                 t.pick(Balance::LeastRequest, &counter, None, |i| {
                     if i == 0 {
-                        10
+                        10.0
                     } else {
-                        0
+                        0.0
                     }
                 })
                 .unwrap()
@@ -422,6 +467,50 @@ mod tests {
         // Only a draw of instance 0 twice picks it: about a quarter of the time.
         let zeros = picks.iter().filter(|p| **p == 0).count();
         assert!(zeros < 45, "{zeros} of 100 went to the loaded instance");
+    }
+
+    #[test]
+    fn ewma_never_picks_the_costliest_of_three_and_splits_the_rest_evenly() {
+        for weights in [[1, 1, 1], [2, 2, 2]] {
+            let t = table(Balance::Ewma, &weights);
+            let counter = AtomicUsize::new(0);
+            let mut counts = [0usize; 3];
+            for _ in 0..3000 {
+                let i = t
+                    .pick(Balance::Ewma, &counter, None, |i| {
+                        if i == 1 {
+                            50.0
+                        } else {
+                            1.0
+                        }
+                    })
+                    .unwrap();
+                counts[i as usize] += 1;
+            }
+            assert_eq!(counts[1], 0, "{weights:?}: {counts:?}");
+            assert!(
+                (1300..=1700).contains(&counts[0]),
+                "{weights:?}: {counts:?}"
+            );
+        }
+        // Weighted: a heavy instance with twice the load of a light one of a third its weight
+        // still costs less per unit of weight.
+        let t = table(Balance::Ewma, &[3, 1]);
+        let counter = AtomicUsize::new(0);
+        let heavy = (0..1000)
+            .filter(|_| {
+                t.pick(Balance::Ewma, &counter, None, |i| {
+                    if i == 0 {
+                        2.0
+                    } else {
+                        1.0
+                    }
+                })
+                .unwrap()
+                    == 0
+            })
+            .count();
+        assert_eq!(heavy, 1000);
     }
 
     #[test]
@@ -436,7 +525,7 @@ mod tests {
                     Balance::Hash,
                     &counter,
                     Some(hash(&k.to_be_bytes(), 0)),
-                    |_| 0,
+                    |_| 0.0,
                 )
                 .unwrap() as usize]
                 .to_string()
@@ -472,7 +561,7 @@ mod tests {
     fn an_empty_table_picks_nothing() {
         let t = Table::default();
         assert!(t
-            .pick(Balance::RoundRobin, &AtomicUsize::new(0), None, |_| 0)
+            .pick(Balance::RoundRobin, &AtomicUsize::new(0), None, |_| 0.0)
             .is_none());
     }
 }

@@ -10,6 +10,7 @@ use super::error::ProxyError;
 use super::judge::{judge, Outcome};
 use super::metrics::ListenerMetrics;
 use crate::addr::Addr;
+use crate::clock;
 use crate::snapshot::{InFlight, InstanceState, Retries, ServiceCell};
 use crate::throttle::Throttle;
 
@@ -37,6 +38,8 @@ pub(crate) struct Attempts<'a> {
     failed: usize,
     /// The others, taken from the snapshot current at the first failure.
     rest: Option<Retries>,
+    /// When the current attempt began (`clock::now_ns`), for its instance's latency.
+    started: u64,
 }
 
 /// What a listener needs to start attempts for one service.
@@ -79,18 +82,30 @@ impl<'a> Attempts<'a> {
                 pick,
                 failed: 0,
                 rest: None,
+                started: 0,
             },
             first,
         ))
     }
 
-    /// Counts the current attempt in flight on its instance until the guard is dropped.
-    pub(crate) fn begin(&self) -> InFlight {
+    /// Counts the current attempt in flight on its instance until the guard is dropped, and
+    /// starts its clock.
+    pub(crate) fn begin(&mut self) -> InFlight {
+        self.started = clock::now_ns();
         self.current.begin()
+    }
+
+    /// How long the current attempt has taken, recorded as its instance's latency sample.
+    fn sample(&self) -> u64 {
+        let now = clock::now_ns();
+        let took = now.saturating_sub(self.started);
+        self.current.latency().observe(took, now);
+        took
     }
 
     /// Records that the connect to `addr` succeeded.
     pub(crate) fn connected(&self, addr: &Addr) {
+        self.sample();
         judge(
             self.cell,
             self.service,
@@ -102,6 +117,8 @@ impl<'a> Attempts<'a> {
 
     /// Records that `addr` answered an HTTP request with `status`.
     pub(crate) fn answered(&self, addr: &Addr, status: http::StatusCode) {
+        let took = self.sample();
+        self.cell.answered_in(took);
         let server_error = matches!(status.as_u16(), 502..=504);
         judge(
             self.cell,
@@ -119,6 +136,7 @@ impl<'a> Attempts<'a> {
     /// service lost every instance meanwhile.
     pub(crate) fn failed(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
         self.metrics.connect_failures.inc();
+        self.current.latency().penalize(clock::now_ns());
         if self.throttle.allow() {
             warn!(service = self.service, %addr, error = %cause, "connect to instance failed");
         } else {

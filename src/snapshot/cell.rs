@@ -3,12 +3,13 @@
 //! tries the others.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use super::policy::{default_policy, Policy};
 use super::state::InstanceState;
+use super::timing::Timings;
 use crate::addr::Addr;
 use crate::balance::{Balance, Table};
 use crate::instance::Instance;
@@ -114,6 +115,9 @@ pub struct ServiceCell {
     building: Mutex<()>,
     /// Ejections since cairn started.
     ejections: AtomicU64,
+    /// How long its instances take to answer; made at the first answer (a registry may hold
+    /// thousands of services no listener sends to).
+    timings: OnceLock<Box<Timings>>,
     /// Active health checks since cairn started: passed, failed.
     checks: [AtomicU64; 2],
     /// A listener or a `[[service]]` block names the service: it stays in the store, empty
@@ -134,6 +138,7 @@ impl Default for ServiceCell {
             versions: AtomicU64::new(0),
             building: Mutex::new(()),
             ejections: AtomicU64::new(0),
+            timings: OnceLock::new(),
             checks: Default::default(),
             pinned: AtomicBool::new(false),
             retired: AtomicBool::new(false),
@@ -171,11 +176,19 @@ impl ServiceCell {
     pub fn pick(&self, key: Option<u64>) -> Option<Pick> {
         let snapshot = self.snapshot.load();
         let states = &snapshot.states;
-        let index = snapshot
-            .table
-            .pick(snapshot.balance, &self.next, key, |i| {
-                states[i as usize].inflight()
-            })? as usize;
+        let balance = snapshot.balance;
+        // The clock is read only by the policy that weighs latency.
+        let now = match balance {
+            Balance::Ewma => crate::clock::now_ns(),
+            _ => 0,
+        };
+        let index = snapshot.table.pick(balance, &self.next, key, |i| {
+            let state = &states[i as usize];
+            match balance {
+                Balance::Ewma => state.latency().load(state.inflight(), now),
+                _ => f64::from(state.inflight()),
+            }
+        })? as usize;
         Some(Pick {
             addr: snapshot.addr(index).clone(),
             index,
@@ -253,6 +266,16 @@ impl ServiceCell {
         self.ejections.fetch_add(1, Ordering::Relaxed);
         self.rebuild();
         Some(until)
+    }
+
+    /// An instance answered a request in `ns` (to its response head).
+    pub fn answered_in(&self, ns: u64) {
+        self.timings.get_or_init(Box::default).observe(ns);
+    }
+
+    /// How long its instances took to answer, once one has.
+    pub fn timings(&self) -> Option<&Timings> {
+        self.timings.get().map(|t| &**t)
     }
 
     /// Ejections since cairn started.

@@ -1,10 +1,12 @@
 //! The live state of one instance, shared by the successive snapshots it appears in: requests in
-//! flight, consecutive failures, ejection (Envoy's outlier detection) and active health checks.
+//! flight, latency, consecutive failures, ejection (Envoy's outlier detection) and active health checks.
 //!
 //! Time is passed in as milliseconds on the caller's clock, so the rules are pure and testable.
 
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use super::latency::Latency;
 
 /// When instances are taken out of rotation for failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub enum Verdict {
 pub struct InstanceState {
     /// Connections or requests in flight.
     inflight: AtomicU32,
+    /// How long its answers (or connects) take.
+    latency: Latency,
     /// Connect failures in a row (16 bits, saturating: thresholds are at most 1000, and at
     /// 100 000 instances the state's size counts).
     failures: AtomicU16,
@@ -91,6 +95,12 @@ impl InstanceState {
     #[inline]
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Its latency estimate.
+    #[inline]
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Counts one more in flight until the guard is dropped.

@@ -1,14 +1,17 @@
 //! Picking policies as a user meets them, through real cairn processes: weights, least-request,
-//! consistent hashing by client address and by header, and zones.
+//! latency (ewma), consistent hashing by client address and by header, and zones.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
 
 use super::ejection::greetings;
+use super::operate::keep_alive_load;
 use crate::support::cairn::{http_get_with, Cairn, ADMIN};
 use crate::support::etcd::Etcd;
 use crate::support::http::{python_client, PyUpstream};
@@ -76,28 +79,9 @@ async fn weights_1_2_7_split_ten_thousand_connections_for_every_policy() {
 
 #[tokio::test]
 async fn least_request_sends_less_to_a_slow_instance() {
-    let etcd = Etcd::start().await;
-    let mut kv = etcd.client().await;
-    let ups = [
-        RawUpstream::start(Reply::Ok).await,
-        RawUpstream::start(Reply::Ok).await,
-        RawUpstream::start(Reply::Slow(Duration::from_millis(50))).await,
-    ];
-    for (name, up) in ["fast-1", "fast-2", "slow"].iter().zip(&ups) {
-        kv.put(format!("/services/lr/{name}"), up.addr.to_string(), None)
-            .await
-            .unwrap();
-    }
-    let config = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n\n{ADMIN}{}",
-        etcd.endpoint(),
-        service("lr", "protocol = \"http\"\nbalance = \"least_request\"")
-    );
-    let cairn = Cairn::start(&config).await;
-    cairn
-        .wait_instances("lr", &["fast-1", "fast-2", "slow"], SOON)
-        .await;
-    let listen = cairn.listen(0);
+    let lat = Latencies::start("least_request", Reply::Slow(Duration::from_millis(50))).await;
+    let ups = &lat.ups;
+    let listen = lat.cairn.listen(0);
     // Sixteen clients at once, thirty requests each.
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..16 {
@@ -113,6 +97,152 @@ async fn least_request_sends_less_to_a_slow_instance() {
     assert_eq!(fast_1 + fast_2 + slow, 480);
     // Round robin would give each a third; the slow instance gets less than half a fast one's.
     assert!(slow * 2 < fast_1.min(fast_2), "{fast_1} {fast_2} {slow}");
+}
+
+/// etcd with `instances` registered under `name`, and cairn with an HTTP service `name` set up
+/// by `lines`, once it routes to every instance.
+async fn http_service(name: &str, instances: &[(&str, SocketAddr)], lines: &str) -> (Etcd, Cairn) {
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    for (id, addr) in instances {
+        kv.put(format!("/services/{name}/{id}"), addr.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let config = format!(
+        "[etcd]\nendpoints = [\"{}\"]\n\n{ADMIN}{}",
+        etcd.endpoint(),
+        service(name, &format!("protocol = \"http\"\n{lines}"))
+    );
+    let cairn = Cairn::start(&config).await;
+    let ids: Vec<&str> = instances.iter().map(|(id, _)| *id).collect();
+    cairn.wait_instances(name, &ids, SOON).await;
+    (etcd, cairn)
+}
+
+/// Three raw HTTP instances behind cairn with `balance`, the third answering as `slow`.
+struct Latencies {
+    ups: [RawUpstream; 3],
+    cairn: Cairn,
+    _etcd: Etcd,
+}
+
+impl Latencies {
+    async fn start(balance: &str, slow: Reply) -> Latencies {
+        let ups = [
+            RawUpstream::start(Reply::Ok).await,
+            RawUpstream::start(Reply::Ok).await,
+            RawUpstream::start(slow).await,
+        ];
+        let (etcd, cairn) = http_service(
+            "lat",
+            &[
+                ("fast-1", ups[0].addr),
+                ("fast-2", ups[1].addr),
+                ("slow", ups[2].addr),
+            ],
+            &format!("balance = \"{balance}\""),
+        )
+        .await;
+        Latencies {
+            ups,
+            cairn,
+            _etcd: etcd,
+        }
+    }
+
+    /// `clients` kept-alive clients send requests for `time`: the requests each instance got
+    /// meanwhile.
+    async fn load(&self, clients: usize, time: Duration) -> [usize; 3] {
+        let before = self.ups.each_ref().map(|u| u.received().len());
+        let listen = self.cairn.listen(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut load = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            load.spawn(keep_alive_load(listen, Arc::clone(&stop)));
+        }
+        tokio::time::sleep(time).await;
+        stop.store(true, Ordering::Relaxed);
+        for done in load.join_all().await {
+            done.expect("every request answered");
+        }
+        let after = self.ups.each_ref().map(|u| u.received().len());
+        [0, 1, 2].map(|i| after[i] - before[i])
+    }
+}
+
+/// The third instance's share of `got`.
+fn third_share(got: [usize; 3]) -> f64 {
+    got[2] as f64 / got.iter().sum::<usize>().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ewma_sends_a_slow_instance_almost_nothing_and_equal_ones_a_third_each() {
+    for (clients, most) in [(8, 0.10), (1, 0.05)] {
+        let lat = Latencies::start("ewma", Reply::Slow(Duration::from_millis(50))).await;
+        let got = lat.load(clients, Duration::from_secs(5)).await;
+        assert!(
+            third_share(got) < most,
+            "{clients} client(s): the slow instance got {:.3} ({got:?})",
+            third_share(got)
+        );
+        // `/services` shows each instance's estimate: the slow one's near the 50 ms it takes.
+        let services = lat.cairn.services().await;
+        let slow_ms = services["services"]["lat"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "slow")
+            .and_then(|i| i["ewma_ms"].as_f64())
+            .expect("the slow instance's ewma_ms");
+        assert!(slow_ms > 20.0, "{services}");
+    }
+    let lat = Latencies::start("ewma", Reply::Ok).await;
+    let got = lat.load(8, Duration::from_secs(3)).await;
+    let total: usize = got.iter().sum();
+    for n in got {
+        let share = n as f64 / total as f64;
+        assert!(
+            (share - 1.0 / 3.0).abs() <= 0.1 / 3.0,
+            "equal instances split {got:?}"
+        );
+    }
+    // Answer times per service on /metrics.
+    let (_, metrics) = lat.cairn.get("/metrics").await;
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("cairn_response_seconds_count{service=\"lat\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no response histogram for lat:\n{metrics}"));
+    assert_eq!(count, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ewma_gives_a_recovered_instance_its_share_back_within_30_s() {
+    // Slow for the first 5 s, then as fast as the others.
+    let recovers = tokio::time::Instant::now() + Duration::from_secs(5);
+    let lat = Latencies::start(
+        "ewma",
+        Reply::SlowUntil(Duration::from_millis(50), recovers),
+    )
+    .await;
+    tokio::time::sleep_until(recovers - Duration::from_secs(3)).await;
+    let slow = lat.load(8, Duration::from_secs(3)).await;
+    assert!(third_share(slow) < 0.10, "{slow:?}");
+    // Recovered: within 30 s, a third of the requests again over 3 s (within ±10% of a third).
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(30));
+    let mut seen = Vec::new();
+    loop {
+        let got = lat.load(8, Duration::from_secs(3)).await;
+        seen.push(got);
+        if (third_share(got) - 1.0 / 3.0).abs() <= 0.1 / 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recovered instance never got its third back: {seen:?}"
+        );
+    }
 }
 
 /// Connects to `listen` from source address `ip` and reads the greeting.
@@ -216,27 +346,20 @@ async fn hashing_by_client_address_is_stable_and_a_departure_moves_few_keys() {
 
 #[tokio::test]
 async fn hashing_by_header_keeps_a_user_on_one_instance_and_spreads_the_rest() {
-    let etcd = Etcd::start().await;
-    let mut kv = etcd.client().await;
     let ups: Vec<PyUpstream> = ["u0", "u1", "u2"]
         .iter()
         .map(|n| PyUpstream::start(n))
         .collect();
-    for (name, up) in ["u0", "u1", "u2"].iter().zip(&ups) {
-        kv.put(format!("/services/hh/{name}"), up.addr.to_string(), None)
-            .await
-            .unwrap();
-    }
-    let config = format!(
-        "[etcd]\nendpoints = [\"{}\"]\n\n{ADMIN}{}",
-        etcd.endpoint(),
-        service(
-            "hh",
-            "protocol = \"http\"\nbalance = \"hash\"\nhash_key = \"header:X-User\""
-        )
-    );
-    let cairn = Cairn::start(&config).await;
-    cairn.wait_instances("hh", &["u0", "u1", "u2"], SOON).await;
+    let (_etcd, cairn) = http_service(
+        "hh",
+        &[
+            ("u0", ups[0].addr),
+            ("u1", ups[1].addr),
+            ("u2", ups[2].addr),
+        ],
+        "balance = \"hash\"\nhash_key = \"header:X-User\"",
+    )
+    .await;
     let listen = cairn.listen(0);
     let mut homes: HashMap<String, String> = HashMap::new();
     for round in 0..3 {

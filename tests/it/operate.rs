@@ -51,7 +51,10 @@ async fn runtime_workers_sets_the_number_of_worker_threads() {
 
 /// Sends `GET /` over one kept-alive connection until `stop`; every answer must be a 200.
 /// Returns how many were answered, or what went wrong.
-async fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> Result<usize, String> {
+pub(crate) async fn keep_alive_load(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Result<usize, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

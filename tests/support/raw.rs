@@ -47,6 +47,8 @@ pub enum Reply {
     Stall(&'static [u8]),
     /// As `Ok`, after this long: a slow instance.
     Slow(Duration),
+    /// As `Slow` until this instant, then as `Ok`: a slow instance that recovers.
+    SlowUntil(Duration, tokio::time::Instant),
 }
 
 /// The upstream: every request it got, in order.
@@ -107,11 +109,15 @@ async fn serve(mut stream: TcpStream, reply: Reply, log: Arc<Mutex<Vec<Received>
             return;
         };
         log.lock().expect("the log lock").push(request);
-        if let Reply::Slow(delay) = &reply {
-            tokio::time::sleep(*delay).await;
+        match &reply {
+            Reply::Slow(delay) => tokio::time::sleep(*delay).await,
+            Reply::SlowUntil(delay, until) if tokio::time::Instant::now() < *until => {
+                tokio::time::sleep(*delay).await;
+            }
+            _ => {}
         }
         let done = match &reply {
-            Reply::Ok | Reply::Slow(_) => stream
+            Reply::Ok | Reply::Slow(_) | Reply::SlowUntil(..) => stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await
                 .is_err(),
