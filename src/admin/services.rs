@@ -32,7 +32,8 @@ struct InstanceView<'a> {
     usable: bool,
     inflight: u32,
     /// The peak-EWMA latency estimate (ms) as `ewma` weighs it now: decayed toward zero since
-    /// its last sample. `None` before its first answer.
+    /// its last sample. Absent before its first answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     ewma_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ejected_seconds_left: Option<u64>,

@@ -38,8 +38,9 @@ pub(crate) struct Attempts<'a> {
     failed: usize,
     /// The others, taken from the snapshot current at the first failure.
     rest: Option<Retries>,
-    /// When the current attempt began (`clock::now_ns`), for its instance's latency.
-    started: u64,
+    /// When the current attempt began (`clock::now_ns`), until its instance's latency has
+    /// been sampled from it.
+    open: Option<u64>,
 }
 
 /// What a listener needs to start attempts for one service.
@@ -65,7 +66,7 @@ impl<'a> Attempts<'a> {
         metrics: &'a ListenerMetrics,
         key: Option<u64>,
     ) -> Result<(Attempts<'a>, Addr), ProxyError> {
-        let Some(pick) = target.cell.pick(key) else {
+        let Some(pick) = target.cell.pick(key, clock::now_ns) else {
             return Err(ProxyError::NoInstances {
                 service: target.service.to_string(),
             });
@@ -82,7 +83,7 @@ impl<'a> Attempts<'a> {
                 pick,
                 failed: 0,
                 rest: None,
-                started: 0,
+                open: None,
             },
             first,
         ))
@@ -91,20 +92,20 @@ impl<'a> Attempts<'a> {
     /// Counts the current attempt in flight on its instance until the guard is dropped, and
     /// starts its clock.
     pub(crate) fn begin(&mut self) -> InFlight {
-        self.started = clock::now_ns();
+        self.open = Some(clock::now_ns());
         self.current.begin()
     }
 
     /// How long the current attempt has taken, recorded as its instance's latency sample.
-    fn sample(&self) -> u64 {
+    fn sample(&mut self) -> u64 {
         let now = clock::now_ns();
-        let took = now.saturating_sub(self.started);
+        let took = now.saturating_sub(self.open.take().unwrap_or(now));
         self.current.latency().observe(took, now);
         took
     }
 
     /// Records that the connect to `addr` succeeded.
-    pub(crate) fn connected(&self, addr: &Addr) {
+    pub(crate) fn connected(&mut self, addr: &Addr) {
         self.sample();
         judge(
             self.cell,
@@ -116,7 +117,7 @@ impl<'a> Attempts<'a> {
     }
 
     /// Records that `addr` answered an HTTP request with `status`.
-    pub(crate) fn answered(&self, addr: &Addr, status: http::StatusCode) {
+    pub(crate) fn answered(&mut self, addr: &Addr, status: http::StatusCode) {
         let took = self.sample();
         self.cell.answered_in(took);
         let server_error = matches!(status.as_u16(), 502..=504);
@@ -136,6 +137,7 @@ impl<'a> Attempts<'a> {
     /// service lost every instance meanwhile.
     pub(crate) fn failed(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
         self.metrics.connect_failures.inc();
+        self.open = None;
         self.current.latency().penalize(clock::now_ns());
         if self.throttle.allow() {
             warn!(service = self.service, %addr, error = %cause, "connect to instance failed");
@@ -160,6 +162,7 @@ impl<'a> Attempts<'a> {
     /// As [`Attempts::failed`].
     pub(crate) fn refused(&mut self, addr: &Addr, cause: &dyn Display) -> Result<Addr, ProxyError> {
         debug!(service = self.service, %addr, error = %cause, "instance refused the request unprocessed; trying another");
+        self.open = None;
         self.next(addr, cause)
     }
 
@@ -185,5 +188,16 @@ impl<'a> Attempts<'a> {
             addr: addr.clone(),
             cause: cause.to_string(),
         })
+    }
+}
+
+impl Drop for Attempts<'_> {
+    /// An attempt that ended without an answer (it timed out, failed once sent, or its client
+    /// went away) took at least this long: its instance's latency hears of it, so `ewma` stops
+    /// sending to an instance that accepts and never answers.
+    fn drop(&mut self) {
+        if self.open.is_some() {
+            self.sample();
+        }
     }
 }

@@ -171,15 +171,17 @@ impl ServiceCell {
     /// Picks the first instance to try: one arc-swap load, one counter step or a random draw or
     /// two (or a hash lookup when `key` is given to the hash policy), and a table read.
     ///
+    /// `now_ns` reads the caller's clock (nanoseconds), which only `ewma` needs.
+    ///
     /// Returns `None` when no instance may be picked.
     #[inline]
-    pub fn pick(&self, key: Option<u64>) -> Option<Pick> {
+    pub fn pick(&self, key: Option<u64>, now_ns: impl FnOnce() -> u64) -> Option<Pick> {
         let snapshot = self.snapshot.load();
         let states = &snapshot.states;
         let balance = snapshot.balance;
         // The clock is read only by the policy that weighs latency.
         let now = match balance {
-            Balance::Ewma => crate::clock::now_ns(),
+            Balance::Ewma => now_ns(),
             _ => 0,
         };
         let index = snapshot.table.pick(balance, &self.next, key, |i| {

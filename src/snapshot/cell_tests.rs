@@ -32,7 +32,9 @@ fn addr(a: &Addr) -> String {
 fn tally(c: &ServiceCell, picks: usize) -> HashMap<String, usize> {
     let mut served = HashMap::new();
     for _ in 0..picks {
-        *served.entry(addr(&c.pick(None).unwrap().addr)).or_default() += 1;
+        *served
+            .entry(addr(&c.pick(None, || 0).unwrap().addr))
+            .or_default() += 1;
     }
     served
 }
@@ -40,9 +42,11 @@ fn tally(c: &ServiceCell, picks: usize) -> HashMap<String, usize> {
 #[test]
 fn equal_weights_keep_the_exact_rotation() {
     let empty = ServiceCell::default();
-    assert!(empty.pick(None).is_none());
+    assert!(empty.pick(None, || 0).is_none());
     let c = cell(3);
-    let firsts: Vec<String> = (0..6).map(|_| addr(&c.pick(None).unwrap().addr)).collect();
+    let firsts: Vec<String> = (0..6)
+        .map(|_| addr(&c.pick(None, || 0).unwrap().addr))
+        .collect();
     assert_eq!(
         firsts,
         ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"].repeat(2)
@@ -53,7 +57,7 @@ fn equal_weights_keep_the_exact_rotation() {
 fn retries_visit_every_other_instance_once() {
     let c = cell(4);
     for _ in 0..8 {
-        let p = c.pick(None).unwrap();
+        let p = c.pick(None, || 0).unwrap();
         let mut seen: Vec<String> = c.retries(&p).map(|(a, _)| addr(&a)).collect();
         assert_eq!(seen.len(), 3);
         assert!(!seen.contains(&addr(&p.addr)), "{seen:?}");
@@ -69,7 +73,7 @@ fn a_dead_instances_share_is_split_evenly() {
     let dead = addr(c.load().addr(0));
     let mut served = HashMap::<String, usize>::new();
     for _ in 0..300 {
-        let p = c.pick(None).unwrap();
+        let p = c.pick(None, || 0).unwrap();
         let to = if addr(&p.addr) == dead {
             c.retries(&p).next().unwrap().0
         } else {
@@ -84,7 +88,7 @@ fn a_dead_instances_share_is_split_evenly() {
 #[test]
 fn retries_after_a_swap_skip_the_failed_address_and_removed_instances() {
     let c = cell(3);
-    let p = c.pick(None).unwrap();
+    let p = c.pick(None, || 0).unwrap();
     assert_eq!(addr(&p.addr), "10.0.0.0:80");
     // The failed instance moved to another index; one more instance came.
     assert!(c.publish(vec![
@@ -114,7 +118,7 @@ fn weights_shape_the_rotation_and_zero_gets_nothing() {
         placed("d", "10.0.0.4:80", 0, None),
     ]));
     let order: String = (0..7)
-        .map(|_| match addr(&c.pick(None).unwrap().addr).as_str() {
+        .map(|_| match addr(&c.pick(None, || 0).unwrap().addr).as_str() {
             "10.0.0.1:80" => 'a',
             "10.0.0.2:80" => 'b',
             "10.0.0.3:80" => 'c',
@@ -138,7 +142,7 @@ fn an_ejected_instance_is_skipped_until_it_expires_then_probation_decides() {
     let served = tally(&c, 300);
     assert_eq!(served.get("10.0.0.1:80"), None, "{served:?}");
     // A failed pick does not retry the ejected instance either.
-    let p = c.pick(None).unwrap();
+    let p = c.pick(None, || 0).unwrap();
     assert!(c.retries(&p).all(|(a, _)| addr(&a) != "10.0.0.1:80"));
     assert_eq!(c.expire(30_999), 0);
     assert_eq!(c.expire(31_000), 1);
@@ -233,7 +237,7 @@ fn zones_prefer_local_instances_while_enough_are_usable() {
     assert_eq!(tally(&c, 99).len(), 3);
     // All instances local: used even when fewer than min_local.
     assert!(c.publish(vec![placed("a", "10.0.0.1:80", 1, Some("eu-1a"))]));
-    assert_eq!(c.pick(None).unwrap().addr.to_string(), "10.0.0.1:80");
+    assert_eq!(c.pick(None, || 0).unwrap().addr.to_string(), "10.0.0.1:80");
 }
 
 #[test]
@@ -262,9 +266,9 @@ fn the_hash_policy_sends_a_key_to_one_instance_and_falls_back_without_one() {
         ..Policy::default()
     });
     for key in 0..100u64 {
-        let first = c.pick(Some(key)).unwrap().addr;
+        let first = c.pick(Some(key), || 0).unwrap().addr;
         for _ in 0..3 {
-            assert_eq!(c.pick(Some(key)).unwrap().addr, first);
+            assert_eq!(c.pick(Some(key), || 0).unwrap().addr, first);
         }
     }
     assert_eq!(tally(&c, 10).len(), 5, "no key: round robin");

@@ -102,7 +102,9 @@ impl Latency {
     }
 
     fn read(&self) -> (f64, u64) {
-        match self.estimate.load(Ordering::Relaxed) {
+        // Acquire, paired with the Release in `write`: an estimate is never read with an older
+        // sample time than its own.
+        match self.estimate.load(Ordering::Acquire) {
             // Never sampled: the default, undecayed (a fresh instance must not look free), until
             // the first sample replaces it.
             0 => (DEFAULT_RTT.as_nanos() as f64, NEVER),
@@ -114,7 +116,7 @@ impl Latency {
         self.at.store(now, Ordering::Relaxed);
         // At least one nanosecond, so a stored estimate is never taken for "never sampled".
         self.estimate
-            .store(estimate.max(1.0).to_bits(), Ordering::Relaxed);
+            .store(estimate.max(1.0).to_bits(), Ordering::Release);
     }
 }
 

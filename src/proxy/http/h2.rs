@@ -221,15 +221,19 @@ impl H2Conns {
 }
 
 /// Whether the instance said it processed none of the stream: it reset it with
-/// `REFUSED_STREAM`, or its GOAWAY named a last stream below it (RFC 9113 §8.7: either way the
-/// request may be sent again).
+/// `REFUSED_STREAM`, or its graceful GOAWAY named a last stream below it (RFC 9113 §8.7: either
+/// way the request may be sent again).
 fn refused_unprocessed(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         if let Some(e) = cause.downcast_ref::<h2::Error>() {
+            // A GOAWAY with an error code may answer this very call (it broke the
+            // connection): only a graceful one is taken as a refusal, so such a call is not
+            // carried to every instance in turn.
+            let reason = e.reason();
             return e.is_remote()
-                && (e.is_go_away()
-                    || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)));
+                && ((e.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
+                    || (e.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)));
         }
         source = cause.source();
     }
