@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    TlsOptions, Txn, TxnOp,
 };
 
 use super::config::EtcdConfig;
@@ -167,24 +168,43 @@ impl Etcd {
     }
 }
 
-/// Whether etcd answers a read of `prefix` (a count, no values) as this connection's user:
-/// reachable, authenticated, and allowed to read the registry.
+/// Whether etcd answers a read of `prefix` (a count, no values) as this connection's user, and
+/// would let it write `writes`: reachable, authenticated, allowed to read the registry and to
+/// write these keys.
+///
+/// The writes are checked without writing: a transaction whose only branch puts them, behind a
+/// condition that never holds (a key created before revision 0). etcd checks the permissions of
+/// every branch before it evaluates the condition.
 ///
 /// # Errors
 /// What failed, naming the endpoints.
-pub async fn answers(etcd: &mut Etcd, prefix: &str) -> Result<(), EtcdError> {
+pub async fn answers(etcd: &mut Etcd, prefix: &str, writes: &[String]) -> Result<(), EtcdError> {
     etcd.authenticate().await?;
     let mut kv = etcd.client.kv_client();
     let options = GetOptions::new()
         .with_range(prefix_end(prefix.as_bytes()))
         .with_count_only();
-    etcd.metrics
+    let checked = etcd
+        .metrics
         .observe(Op::Range, async {
             Ok(kv.get(prefix.as_bytes(), Some(options)).await?)
         })
-        .await
-        .map(drop)
-        .map_err(|e| etcd.at(e))
+        .await;
+    checked.map_err(|e| etcd.at(e))?;
+    let Some(first) = writes.first() else {
+        return Ok(());
+    };
+    let never = Compare::create_revision(first.as_str(), CompareOp::Less, 0);
+    let puts: Vec<TxnOp> = writes
+        .iter()
+        .map(|key| TxnOp::put(key.as_str(), "", None))
+        .collect();
+    let txn = Txn::new().when([never]).and_then(puts);
+    let tried = etcd
+        .metrics
+        .observe(Op::Txn, async { Ok(kv.txn(txn).await?) })
+        .await;
+    tried.map(drop).map_err(|e| etcd.at(e))
 }
 
 /// One consistent read of a prefix.

@@ -74,19 +74,21 @@ impl EtcdSide {
         Ok(EtcdSide::spawn(wiring, etcd, store, metrics, fallback))
     }
 
-    /// As [`EtcdSide::start`] without a fallback, once etcd has answered a read of the prefix:
-    /// a reload takes a new `[etcd]` only when it works.
+    /// As [`EtcdSide::start`] without a fallback, once etcd has answered a read of the prefix
+    /// and would take writes of `registering` (the keys a registrar will write through it): a
+    /// reload takes a new `[etcd]` only when it works.
     ///
     /// # Errors
     /// When the client cannot be built, or etcd does not answer (unreachable, wrong
-    /// credentials, no permission to read the prefix).
+    /// credentials, no permission to read the prefix or to write those keys).
     pub(crate) async fn start_answering(
         wiring: Wiring,
+        registering: &[String],
         store: &Arc<Store>,
         metrics: &SideMetrics,
     ) -> Result<EtcdSide, Error> {
         let mut etcd = Etcd::connect(&wiring.etcd, metrics.etcd.clone()).await?;
-        crate::etcd::answers(&mut etcd, &wiring.etcd.prefix).await?;
+        crate::etcd::answers(&mut etcd, &wiring.etcd.prefix, registering).await?;
         Ok(EtcdSide::spawn(wiring, etcd, store, metrics, None))
     }
 

@@ -1,6 +1,6 @@
 //! Applying a new config to a running cairn (SIGHUP) in two steps: [`Running::prepare`] does
 //! everything that can fail (reading the file, binding new sockets, a new etcd answering a read
-//! of the registry) and changes nothing, so a refused or abandoned reload leaves cairn as it
+//! of the registry and allowing the registrations' writes) and changes nothing, so a refused or abandoned reload leaves cairn as it
 //! was; [`Running::commit`] then gives each part what changed, and no open connection is
 //! dropped. SIGTERM cuts a reload short while it prepares; a SIGHUP meanwhile makes one more.
 
@@ -19,6 +19,7 @@ use super::running::{bind, configure_cells, registrar, specs, Running};
 use crate::admin::ADMIN_BACKLOG;
 use crate::config::Config;
 use crate::error::Error;
+use crate::registry::instance_key;
 
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
@@ -129,10 +130,20 @@ impl Running {
         let wiring = Wiring::of(&next);
         let side = match wiring == self.side.wiring {
             true => None,
-            false => Some(
-                EtcdSide::start_answering(wiring, &self.plane.shared().store, &self.side_metrics)
-                    .await?,
-            ),
+            false => {
+                // The registrar moves to the new etcd: it must be able to write there, or the
+                // old lease would be given up for keys nobody can write.
+                let registering: Vec<String> = next
+                    .registrations
+                    .iter()
+                    .map(|r| instance_key(&next.etcd.prefix, &r.service, &r.id))
+                    .collect();
+                let store = &self.plane.shared().store;
+                Some(
+                    EtcdSide::start_answering(wiring, &registering, store, &self.side_metrics)
+                        .await?,
+                )
+            }
         };
         Ok(Prepared {
             next,

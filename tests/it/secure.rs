@@ -577,3 +577,55 @@ async fn auth_bootstrap_sets_up_least_privilege_once_and_each_user_can_do_its_pa
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_to_a_user_that_cannot_write_the_registrations_is_refused() {
+    let etcd = auth_etcd().await;
+    let c = etcd.client().await;
+    let mut auth = c.auth_client();
+    auth.role_add("ro").await.unwrap();
+    auth.role_grant_permission("ro", Permission::read("/services/").with_prefix())
+        .await
+        .unwrap();
+    auth.user_add("reader", "reader-password", None)
+        .await
+        .unwrap();
+    auth.user_grant_role("reader", "ro").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registration =
+        "[[register]]\nservice = \"r\"\nid = \"me\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
+    let cairn = cairn_as_user(&etcd, dir.path(), registration).await;
+    let lease_of = || async {
+        let r = etcd.client().await.get("/services/r/me", None).await.ok()?;
+        r.kvs().first().map(|k| k.lease())
+    };
+    let first = eventually(SOON, "the registration is written", lease_of).await;
+
+    // The same etcd as a user that may read the registry but not write it: the registrar
+    // could not move there, so the reload is refused and the lease stays.
+    let reader_pw = dir.path().join("reader-pw");
+    std::fs::write(&reader_pw, "reader-password\n").unwrap();
+    let v1 = std::fs::read_to_string(cairn.dir().join("cairn.toml")).unwrap();
+    let v2 = v1
+        .replace("username = \"cairn\"", "username = \"reader\"")
+        .replace(
+            &dir.path().join("pw").display().to_string(),
+            &reader_pw.display().to_string(),
+        );
+    assert_ne!(v1, v2);
+    let refused = cairn
+        .reload(&v2)
+        .await
+        .expect_err("a user that cannot write the registrations is taken");
+    assert!(
+        refused.to_lowercase().contains("permission denied"),
+        "{refused}"
+    );
+    assert!(refused.contains(&etcd.endpoint()), "{refused}");
+    assert_eq!(lease_of().await, Some(first), "the registration moved");
+    // Without registrations, reading is all the reader needs.
+    cairn
+        .reload(&v2.replace(registration, ""))
+        .await
+        .expect("a reader with nothing to register is taken");
+}
