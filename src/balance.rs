@@ -8,6 +8,7 @@
 //! - [`table`]: the tables built per snapshot, and the picks over them;
 //! - [`hash`]: the stable hashes they use (the same on every node, for consistent hashing).
 
+mod build;
 pub mod hash;
 pub mod policy;
 pub mod table;
