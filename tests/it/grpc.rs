@@ -3,6 +3,7 @@
 //! deadlines hold, and messages and streams of any size pass.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,26 +16,42 @@ use crate::support::http::memory_kib;
 
 const SOON: Duration = Duration::from_secs(10);
 
-/// etcd, `servers` registered as `echo/<id>`, and cairn with a gRPC service `echo` and `extra`.
-async fn setup(ids: &[&str], extra: &str) -> (Etcd, Vec<GrpcServer>, Cairn) {
+/// etcd with `instances` registered as `echo/<id>`, and cairn configured with `config` (after
+/// `[etcd]` and `[admin]`), once it routes to every instance.
+async fn behind_cairn(instances: &[(&str, SocketAddr)], config: &str) -> (Etcd, Cairn) {
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
-    let servers: Vec<GrpcServer> = ids.iter().map(|id| GrpcServer::start(id)).collect();
-    for (id, server) in ids.iter().zip(&servers) {
-        kv.put(
-            format!("/services/echo/{id}"),
-            server.addr.to_string(),
-            None,
-        )
-        .await
-        .unwrap();
+    for (id, addr) in instances {
+        kv.put(format!("/services/echo/{id}"), addr.to_string(), None)
+            .await
+            .unwrap();
     }
     let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n{extra}\n",
+        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n{config}\n",
         etcd.endpoint()
     ))
     .await;
-    cairn.wait_instances("echo", ids, SOON).await;
+    let ids: Vec<&str> = instances.iter().map(|(id, _)| *id).collect();
+    cairn.wait_instances("echo", &ids, SOON).await;
+    (etcd, cairn)
+}
+
+/// The gRPC service `echo` every test routes, with `extra` settings.
+fn echo(extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n{extra}\n"
+    )
+}
+
+/// etcd, `servers` registered as `echo/<id>`, and cairn with a gRPC service `echo` and `extra`.
+async fn setup(ids: &[&str], extra: &str) -> (Etcd, Vec<GrpcServer>, Cairn) {
+    let servers: Vec<GrpcServer> = ids.iter().map(|id| GrpcServer::start(id)).collect();
+    let instances: Vec<(&str, SocketAddr)> = ids
+        .iter()
+        .copied()
+        .zip(servers.iter().map(|s| s.addr))
+        .collect();
+    let (etcd, cairn) = behind_cairn(&instances, &echo(extra)).await;
     (etcd, servers, cairn)
 }
 
@@ -153,19 +170,12 @@ async fn cairns_own_failures_are_grpc_statuses_naming_the_service() {
 
 #[tokio::test]
 async fn a_gateway_routes_calls_by_authority_and_answers_an_unknown_service_with_12() {
-    let etcd = Etcd::start().await;
     let server = GrpcServer::start("g");
-    etcd.client()
-        .await
-        .put("/services/echo/g", server.addr.to_string(), None)
-        .await
-        .unwrap();
-    let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
-        etcd.endpoint()
-    ))
+    let (_etcd, cairn) = behind_cairn(
+        &[("g", server.addr)],
+        "[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
+    )
     .await;
-    cairn.wait_instances("echo", &["g"], SOON).await;
     let gateway = cairn.gateway(0);
     // The channel's target names the authority: localhost is no service.
     let out = grpc_job(gateway, json!({"calls": 1, "method": "Who"})).await;
@@ -353,19 +363,12 @@ async fn a_long_stream_passes_without_cairns_memory_growing_with_it() {
 
 #[tokio::test]
 async fn a_gateway_sends_an_http11_request_for_a_grpc_service_over_http2() {
-    let etcd = Etcd::start().await;
     let server = GrpcServer::start("a");
-    etcd.client()
-        .await
-        .put("/services/echo/a", server.addr.to_string(), None)
-        .await
-        .unwrap();
-    let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n[[gateway]]\nlisten = \"127.0.0.1:0\"\n",
-        etcd.endpoint()
-    ))
+    let (_etcd, cairn) = behind_cairn(
+        &[("a", server.addr)],
+        &echo("[[gateway]]\nlisten = \"127.0.0.1:0\"\n"),
+    )
     .await;
-    cairn.wait_instances("echo", &["a"], SOON).await;
     // A plain HTTP/1.1 request (one cairn's own path would take) for a service whose
     // instances speak HTTP/2 only: it reaches them over HTTP/2, and the answer comes back.
     let got = crate::support::raw::exchange(
@@ -381,19 +384,12 @@ async fn a_gateway_sends_an_http11_request_for_a_grpc_service_over_http2() {
 
 #[tokio::test]
 async fn calls_past_an_instances_stream_limit_go_on_more_connections() {
-    let etcd = Etcd::start().await;
     let server = GrpcServer::start_with("a", None, Some(2));
-    etcd.client()
-        .await
-        .put("/services/echo/a", server.addr.to_string(), None)
-        .await
-        .unwrap();
-    let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[runtime]\nworkers = 1\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\n",
-        etcd.endpoint()
-    ))
+    let (_etcd, cairn) = behind_cairn(
+        &[("a", server.addr)],
+        &format!("[runtime]\nworkers = 1\n{}", echo("")),
+    )
     .await;
-    cairn.wait_instances("echo", &["a"], SOON).await;
     // Eight calls at once on one client connection, to an instance that takes two streams per
     // connection: four connections carry them side by side, none waits for another's end.
     let out = grpc_job(
@@ -422,22 +418,13 @@ async fn calls_past_an_instances_stream_limit_go_on_more_connections() {
 /// etcd, a grpcio server `a` and a raw HTTP/2 instance `bad` answering `answer`, and cairn
 /// balancing `echo` over both by round robin.
 async fn beside_a_raw_instance(answer: Answer) -> (Etcd, GrpcServer, RawH2, Cairn) {
-    let etcd = Etcd::start().await;
     let good = GrpcServer::start("a");
     let bad = RawH2::start(answer).await;
-    let mut kv = etcd.client().await;
-    kv.put("/services/echo/a", good.addr.to_string(), None)
-        .await
-        .unwrap();
-    kv.put("/services/echo/bad", bad.addr.to_string(), None)
-        .await
-        .unwrap();
-    let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n{ADMIN}\n[[service]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"grpc\"\nbalance = \"round_robin\"\n",
-        etcd.endpoint()
-    ))
+    let (etcd, cairn) = behind_cairn(
+        &[("a", good.addr), ("bad", bad.addr)],
+        &echo("balance = \"round_robin\"\n"),
+    )
     .await;
-    cairn.wait_instances("echo", &["a", "bad"], SOON).await;
     (etcd, good, bad, cairn)
 }
 

@@ -333,38 +333,49 @@ async fn a_reload_that_changes_etcd_reconnects_and_the_registration_never_leaves
     }
 }
 
-#[tokio::test]
-async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revokes_the_lease() {
-    let etcd = Etcd::start().await;
-    let frozen = Etcd::start().await;
-    // A long TTL: only a revoke takes the key away before cairn's exit is checked.
-    let registration =
-        "\n[[register]]\nservice = \"me\"\nid = \"n1\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
-    let v1 = format!("{}{registration}", config(&etcd.endpoint(), &["svc"], ""));
-    let mut cairn = Cairn::start_with_args(&v1, &["--shutdown-grace", "2s"]).await;
-    let registered = || async {
-        let got = etcd
-            .client()
-            .await
-            .get("/services/me/n1", None)
-            .await
-            .ok()?;
-        Some(!got.kvs().is_empty())
-    };
-    eventually(SOON, "the registration is written", || async {
-        registered().await.filter(|r| *r)
-    })
-    .await;
-    // The reload's new etcd accepts connections and never answers.
+/// A registration with a long TTL: only a revoke takes its key away within a test.
+const LONG_REGISTRATION: &str =
+    "\n[[register]]\nservice = \"me\"\nid = \"n1\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
+
+/// The lease `/services/me/n1` is written under in `etcd`, if it is there.
+async fn lease_of(etcd: &Etcd) -> Option<i64> {
+    let got = etcd
+        .client()
+        .await
+        .get("/services/me/n1", None)
+        .await
+        .ok()?;
+    got.kvs().first().map(|kv| kv.lease())
+}
+
+/// Freezes `frozen`, points cairn's config at it and sends SIGHUP: the reload waits on an etcd
+/// that accepts connections and never answers. Returns once the reload has begun.
+async fn reload_into_frozen(cairn: &Cairn, config: &str, from: &Etcd, frozen: &Etcd) {
     frozen.signal("STOP");
-    let v2 = v1.replace(&etcd.endpoint(), &frozen.endpoint());
-    std::fs::write(cairn.dir().join("cairn.toml"), v2).unwrap();
+    std::fs::write(
+        cairn.dir().join("cairn.toml"),
+        config.replace(&from.endpoint(), &frozen.endpoint()),
+    )
+    .unwrap();
     cairn.signal("HUP");
     eventually(SOON, "the reload begins", || async {
         cairn.log().contains("reloading the config").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revokes_the_lease() {
+    let etcd = Etcd::start().await;
+    let frozen = Etcd::start().await;
+    let v1 = format!(
+        "{}{LONG_REGISTRATION}",
+        config(&etcd.endpoint(), &["svc"], "")
+    );
+    let mut cairn = Cairn::start_with_args(&v1, &["--shutdown-grace", "2s"]).await;
+    eventually(SOON, "the registration is written", || lease_of(&etcd)).await;
+    reload_into_frozen(&cairn, &v1, &etcd, &frozen).await;
     let asked = std::time::Instant::now();
     cairn.signal("TERM");
     let status = cairn.wait_exit(Duration::from_secs(30)).await;
@@ -378,8 +389,8 @@ async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revoke
         cairn.log()
     );
     assert_eq!(
-        registered().await,
-        Some(false),
+        lease_of(&etcd).await,
+        None,
         "the lease was not revoked; log:\n{}",
         cairn.log()
     );
@@ -394,20 +405,12 @@ async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revoke
 async fn a_reload_to_an_etcd_that_does_not_answer_is_refused_and_sighups_meanwhile_coalesce() {
     let etcd = Etcd::start().await;
     let frozen = Etcd::start().await;
-    let registration =
-        "\n[[register]]\nservice = \"me\"\nid = \"n1\"\naddr = \"10.0.0.1:80\"\nttl = \"60s\"\n";
-    let v1 = format!("{}{registration}", config(&etcd.endpoint(), &["svc"], ""));
+    let v1 = format!(
+        "{}{LONG_REGISTRATION}",
+        config(&etcd.endpoint(), &["svc"], "")
+    );
     let cairn = Cairn::start(&v1).await;
-    let lease_of = || async {
-        let got = etcd
-            .client()
-            .await
-            .get("/services/me/n1", None)
-            .await
-            .ok()?;
-        got.kvs().first().map(|kv| kv.lease())
-    };
-    let first = eventually(SOON, "the registration is written", lease_of).await;
+    let first = eventually(SOON, "the registration is written", || lease_of(&etcd)).await;
 
     // Nothing listens there: refused, naming the endpoint; the old etcd side goes on.
     let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port());
@@ -423,21 +426,10 @@ async fn a_reload_to_an_etcd_that_does_not_answer_is_refused_and_sighups_meanwhi
         .await
         .unwrap();
     cairn.wait_instances("svc", &["a"], SOON).await;
-    assert_eq!(lease_of().await, Some(first), "the registration moved");
+    assert_eq!(lease_of(&etcd).await, Some(first), "the registration moved");
 
     // A reload waiting on a frozen etcd; two more SIGHUPs meanwhile make one more reload.
-    frozen.signal("STOP");
-    std::fs::write(
-        cairn.dir().join("cairn.toml"),
-        v1.replace(&etcd.endpoint(), &frozen.endpoint()),
-    )
-    .unwrap();
-    cairn.signal("HUP");
-    eventually(SOON, "the reload begins", || async {
-        cairn.log().contains("reloading the config").then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    reload_into_frozen(&cairn, &v1, &etcd, &frozen).await;
     cairn.signal("HUP");
     tokio::time::sleep(Duration::from_millis(100)).await;
     cairn.signal("HUP");
@@ -464,14 +456,8 @@ async fn a_reload_to_an_etcd_that_does_not_answer_is_refused_and_sighups_meanwhi
         "{log}"
     );
     // The new etcd serves the registration.
-    eventually(SOON, "the registration is in the new etcd", || async {
-        let got = frozen
-            .client()
-            .await
-            .get("/services/me/n1", None)
-            .await
-            .ok()?;
-        (!got.kvs().is_empty()).then_some(())
+    eventually(SOON, "the registration is in the new etcd", || {
+        lease_of(&frozen)
     })
     .await;
 }
