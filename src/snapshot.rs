@@ -7,14 +7,17 @@
 //! [`InstanceState`]: requests in flight, latency, failures in a row, ejection, health checks.
 
 mod cell;
+mod frozen;
 pub mod latency;
 mod policy;
+mod slots;
 mod state;
 mod store;
 pub mod timing;
 mod writer;
 
-pub use cell::{Pick, Retries, ServiceCell, Snapshot};
+pub use cell::{Retries, ServiceCell};
+pub use frozen::{Pick, Snapshot};
 pub use policy::Policy;
 pub use state::{InFlight, InstanceState, Outlier, Verdict};
 pub use store::Store;

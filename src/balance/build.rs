@@ -18,13 +18,12 @@ const SMOOTH_BUDGET: u64 = 1 << 22;
 /// The smallest Maglev table: a prime, and at least ten slots per instance for an even spread.
 const MAGLEV_MIN: usize = 65_537;
 
-/// Alias method tables for a weighted draw in O(1) (Vose).
+/// Alias method table for a weighted draw in O(1) (Vose), one slot per instance: the chance,
+/// out of 2^32, that a draw landing on the slot keeps it, and where it goes otherwise. Both in
+/// one pair, so a draw reads one cache line.
 #[derive(Debug)]
 pub(super) struct Alias {
-    /// Chance, out of 2^32, that a draw landing on a slot keeps it.
-    pub(super) keep: Box<[u32]>,
-    /// Where a draw that does not keep its slot goes.
-    pub(super) other: Box<[u32]>,
+    pub(super) slots: Box<[(u32, u32)]>,
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -157,8 +156,7 @@ pub(super) fn alias(weights: &[u32]) -> Alias {
         }
     }
     Alias {
-        keep: keep.into(),
-        other: other.into(),
+        slots: keep.into_iter().zip(other).collect(),
     }
 }
 

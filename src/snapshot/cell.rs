@@ -1,99 +1,19 @@
-//! One service's routing state: its current snapshot (instances, their live states, and the
-//! table picks read), its policy, its round-robin positions, and the order in which a failed pick
-//! tries the others.
+//! One service's routing state: its current snapshot (see `frozen`), its policy, its
+//! round-robin positions, the slots of its instances' hot states, and the order in which a
+//! failed pick tries the others.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use super::frozen::{build, Pick, Snapshot};
 use super::policy::{default_policy, Policy};
+use super::slots::Slots;
 use super::state::InstanceState;
 use super::timing::Timings;
 use crate::addr::Addr;
-use crate::balance::{Balance, Table};
 use crate::instance::Instance;
-
-/// The instances of one service at one moment, sorted by id, with the table picks read. Never
-/// changes once built: an ejection, a readmission or a failing check builds the next one.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Tells successive instance sets of one cell apart, so a retry knows whether the index it
-    /// started from still points at the same instance.
-    version: u64,
-    /// The instances, in id order.
-    instances: Box<[Arc<Instance>]>,
-    /// Their live states, in the same order; shared with the snapshots before and after.
-    states: Box<[Arc<InstanceState>]>,
-    /// The policy the table was built for.
-    balance: Balance,
-    /// Which instances a pick may return, and how.
-    table: Table,
-    /// Whether fewer than half the instances are usable, so ejections and checks are ignored.
-    panic: bool,
-}
-
-impl Snapshot {
-    /// The instances, in id order.
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
-    }
-
-    /// The instances' live states, in the same order.
-    pub fn states(&self) -> &[Arc<InstanceState>] {
-        &self.states
-    }
-
-    /// The address of instance `index`. Read from the instance itself: each instance is held
-    /// once, however many snapshots share it.
-    #[inline]
-    fn addr(&self, index: usize) -> &Addr {
-        &self.instances[index].endpoint.addr
-    }
-
-    /// Where `addr` is among the instances.
-    fn position(&self, addr: &Addr) -> Option<usize> {
-        self.instances.iter().position(|i| i.endpoint.addr == *addr)
-    }
-
-    /// The number of instances.
-    pub fn len(&self) -> usize {
-        self.instances.len()
-    }
-
-    /// Whether the service has no instance at all.
-    pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
-    }
-
-    /// How many instances a pick may return now.
-    pub fn usable(&self) -> usize {
-        self.table.len()
-    }
-
-    /// Whether instance `index` may be picked now.
-    pub fn is_usable(&self, index: usize) -> bool {
-        self.table.pickable().binary_search(&(index as u32)).is_ok()
-    }
-
-    /// Whether too few instances are usable, so every one is picked regardless.
-    pub fn in_panic(&self) -> bool {
-        self.panic
-    }
-}
-
-/// The first instance chosen for a connection or request.
-#[derive(Debug, Clone)]
-pub struct Pick {
-    /// The chosen instance's address.
-    pub addr: Addr,
-    /// Its index in the snapshot it was picked from.
-    pub index: usize,
-    /// How many instances could have been picked.
-    pub candidates: usize,
-    /// The version of that snapshot.
-    version: u64,
-}
 
 /// The routing state of one service.
 ///
@@ -111,6 +31,8 @@ pub struct ServiceCell {
     retry_next: AtomicUsize,
     /// The version of the last instance set published.
     versions: AtomicU64,
+    /// Where its instances' hot states are.
+    slots: Arc<Slots>,
     /// Serializes snapshot builds (never taken on the pick path).
     building: Mutex<()>,
     /// Ejections since cairn started.
@@ -136,6 +58,7 @@ impl Default for ServiceCell {
             next: AtomicUsize::new(0),
             retry_next: AtomicUsize::new(0),
             versions: AtomicU64::new(0),
+            slots: Arc::default(),
             building: Mutex::new(()),
             ejections: AtomicU64::new(0),
             timings: OnceLock::new(),
@@ -171,32 +94,13 @@ impl ServiceCell {
     /// Picks the first instance to try: one arc-swap load, one counter step or a random draw or
     /// two (or a hash lookup when `key` is given to the hash policy), and a table read.
     ///
-    /// `now_ns` reads the caller's clock (nanoseconds), which only `ewma` needs.
+    /// `now_ns` is the caller's clock reading for this connection or request (it times the
+    /// attempt from there whatever the policy); only `ewma` weighs it.
     ///
     /// Returns `None` when no instance may be picked.
     #[inline]
-    pub fn pick(&self, key: Option<u64>, now_ns: impl FnOnce() -> u64) -> Option<Pick> {
-        let snapshot = self.snapshot.load();
-        let states = &snapshot.states;
-        let balance = snapshot.balance;
-        // The clock is read only by the policy that weighs latency.
-        let now = match balance {
-            Balance::Ewma => now_ns(),
-            _ => 0,
-        };
-        let index = snapshot.table.pick(balance, &self.next, key, |i| {
-            let state = &states[i as usize];
-            match balance {
-                Balance::Ewma => state.latency().load(state.inflight(), now),
-                _ => f64::from(state.inflight()),
-            }
-        })? as usize;
-        Some(Pick {
-            addr: snapshot.addr(index).clone(),
-            index,
-            candidates: snapshot.table.len(),
-            version: snapshot.version,
-        })
+    pub fn pick(&self, key: Option<u64>, now_ns: u64) -> Option<Pick> {
+        self.snapshot.load().pick(&self.next, key, now_ns)
     }
 
     /// The live state of the picked instance, for its in-flight count and the outcome of the
@@ -323,6 +227,7 @@ impl ServiceCell {
             current.version,
             current.instances.to_vec(),
             current.states.to_vec(),
+            self.slots.chunks(),
             &self.policy.load(),
         );
         self.snapshot.store(Arc::new(snapshot));
@@ -377,11 +282,20 @@ impl ServiceCell {
                     .binary_search_by(|old| old.id.as_str().cmp(&new.id))
                     .ok()
                     .filter(|&i| current.instances[i].endpoint.addr == new.endpoint.addr)
-                    .map_or_else(InstanceState::new, |i| Arc::clone(&current.states[i]))
+                    .map_or_else(
+                        || InstanceState::in_slot(self.slots.take()),
+                        |i| Arc::clone(&current.states[i]),
+                    )
             })
             .collect();
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = build(version, instances, states, &self.policy.load());
+        let snapshot = build(
+            version,
+            instances,
+            states,
+            self.slots.chunks(),
+            &self.policy.load(),
+        );
         self.snapshot.store(Arc::new(snapshot));
         true
     }
@@ -390,63 +304,6 @@ impl ServiceCell {
         self.building
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// A snapshot of `instances` (sorted by id, distinct) with `states`, and the table of the usable
-/// ones: weight above zero, not ejected, checks passing; or, when fewer than half are usable,
-/// every instance with weight (a panic: better a failing instance than none). With a zone,
-/// local instances only, while enough of them are usable.
-fn build(
-    version: u64,
-    instances: Vec<Arc<Instance>>,
-    states: Vec<Arc<InstanceState>>,
-    policy: &Policy,
-) -> Snapshot {
-    debug_assert!(
-        instances.windows(2).all(|w| w[0].id < w[1].id),
-        "snapshot instances must be sorted by id and distinct"
-    );
-    let eligible: Vec<u32> = (0..instances.len() as u32)
-        .filter(|&i| instances[i as usize].endpoint.weight > 0)
-        .collect();
-    let usable: Vec<u32> = eligible
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let s = &states[i as usize];
-            s.ejected_until().is_none() && !s.checks_failing()
-        })
-        .collect();
-    let panic = usable.len() * 2 < eligible.len();
-    let mut candidates = if panic { eligible } else { usable };
-    if let Some(zone) = &policy.zone {
-        let local: Vec<u32> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| instances[i as usize].endpoint.zone.as_deref() == Some(zone.as_str()))
-            .collect();
-        if !local.is_empty() && (local.len() >= policy.min_local || local.len() == candidates.len())
-        {
-            candidates = local;
-        }
-    }
-    let weights: Vec<u32> = candidates
-        .iter()
-        .map(|&i| instances[i as usize].endpoint.weight)
-        .collect();
-    let ids: Vec<&str> = candidates
-        .iter()
-        .map(|&i| instances[i as usize].id.as_str())
-        .collect();
-    let table = Table::build(policy.balance, candidates.clone(), weights, &ids);
-    Snapshot {
-        version,
-        instances: instances.into(),
-        states: states.into(),
-        balance: policy.balance,
-        table,
-        panic,
     }
 }
 

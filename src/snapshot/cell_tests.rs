@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::balance::Balance;
 use crate::snapshot::Outlier;
 use crate::snapshot::Verdict;
 
@@ -33,7 +34,7 @@ fn tally(c: &ServiceCell, picks: usize) -> HashMap<String, usize> {
     let mut served = HashMap::new();
     for _ in 0..picks {
         *served
-            .entry(addr(&c.pick(None, || 0).unwrap().addr))
+            .entry(addr(&c.pick(None, 0).unwrap().addr))
             .or_default() += 1;
     }
     served
@@ -42,10 +43,10 @@ fn tally(c: &ServiceCell, picks: usize) -> HashMap<String, usize> {
 #[test]
 fn equal_weights_keep_the_exact_rotation() {
     let empty = ServiceCell::default();
-    assert!(empty.pick(None, || 0).is_none());
+    assert!(empty.pick(None, 0).is_none());
     let c = cell(3);
     let firsts: Vec<String> = (0..6)
-        .map(|_| addr(&c.pick(None, || 0).unwrap().addr))
+        .map(|_| addr(&c.pick(None, 0).unwrap().addr))
         .collect();
     assert_eq!(
         firsts,
@@ -54,10 +55,73 @@ fn equal_weights_keep_the_exact_rotation() {
 }
 
 #[test]
+fn picks_return_every_kind_of_address_whole() {
+    // A pick keeps IPv4 addresses in its own entries and reads the others from the instance:
+    // every kind must come back as it was registered.
+    let c = ServiceCell::default();
+    let addrs = ["10.0.0.7:8080", "[fd00::7]:443", "db-1.internal:5432"];
+    assert!(c.publish(
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| inst(&format!("i{i}"), a))
+            .collect()
+    ));
+    for balance in [
+        Balance::RoundRobin,
+        Balance::Random,
+        Balance::LeastRequest,
+        Balance::Ewma,
+    ] {
+        c.configure(Policy {
+            balance,
+            ..Policy::default()
+        });
+        let mut seen: Vec<String> = (0..200)
+            .map(|_| {
+                let p = c.pick(None, 0).unwrap();
+                assert_eq!(p.addr, c.load().instances()[p.index].endpoint.addr);
+                addr(&p.addr)
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            ["10.0.0.7:8080", "[fd00::7]:443", "db-1.internal:5432"],
+            "{balance:?}"
+        );
+    }
+}
+
+#[test]
+fn a_removed_instance_keeps_its_slot_while_a_request_holds_it() {
+    let c = ServiceCell::default();
+    assert!(c.publish(vec![inst("a", "10.0.0.1:80")]));
+    let a = Arc::clone(&c.load().states()[0]);
+    a.latency().observe(40_000_000, 0);
+    let guard = a.begin();
+    drop(a);
+    // "a" leaves while its request is in flight; "b" arrives: its slot must not be a's.
+    assert!(c.publish(vec![inst("b", "10.0.0.2:80")]));
+    let b = Arc::clone(&c.load().states()[0]);
+    assert_eq!(b.inflight(), 0);
+    assert_eq!(b.latency().sampled_ns(), None);
+    b.latency().observe(1_000_000, 0);
+    drop(guard);
+    // Now a's slot is free and reset; the next newcomer gets it clean, b keeps its own.
+    assert!(c.publish(vec![inst("b", "10.0.0.2:80"), inst("c", "10.0.0.3:80")]));
+    let states = c.load().states().to_vec();
+    assert_eq!(states[1].inflight(), 0);
+    assert_eq!(states[1].latency().sampled_ns(), None);
+    assert_eq!(states[0].latency().sampled_ns(), Some(1_000_000.0));
+}
+
+#[test]
 fn retries_visit_every_other_instance_once() {
     let c = cell(4);
     for _ in 0..8 {
-        let p = c.pick(None, || 0).unwrap();
+        let p = c.pick(None, 0).unwrap();
         let mut seen: Vec<String> = c.retries(&p).map(|(a, _)| addr(&a)).collect();
         assert_eq!(seen.len(), 3);
         assert!(!seen.contains(&addr(&p.addr)), "{seen:?}");
@@ -73,7 +137,7 @@ fn a_dead_instances_share_is_split_evenly() {
     let dead = addr(c.load().addr(0));
     let mut served = HashMap::<String, usize>::new();
     for _ in 0..300 {
-        let p = c.pick(None, || 0).unwrap();
+        let p = c.pick(None, 0).unwrap();
         let to = if addr(&p.addr) == dead {
             c.retries(&p).next().unwrap().0
         } else {
@@ -88,7 +152,7 @@ fn a_dead_instances_share_is_split_evenly() {
 #[test]
 fn retries_after_a_swap_skip_the_failed_address_and_removed_instances() {
     let c = cell(3);
-    let p = c.pick(None, || 0).unwrap();
+    let p = c.pick(None, 0).unwrap();
     assert_eq!(addr(&p.addr), "10.0.0.0:80");
     // The failed instance moved to another index; one more instance came.
     assert!(c.publish(vec![
@@ -118,7 +182,7 @@ fn weights_shape_the_rotation_and_zero_gets_nothing() {
         placed("d", "10.0.0.4:80", 0, None),
     ]));
     let order: String = (0..7)
-        .map(|_| match addr(&c.pick(None, || 0).unwrap().addr).as_str() {
+        .map(|_| match addr(&c.pick(None, 0).unwrap().addr).as_str() {
             "10.0.0.1:80" => 'a',
             "10.0.0.2:80" => 'b',
             "10.0.0.3:80" => 'c',
@@ -142,7 +206,7 @@ fn an_ejected_instance_is_skipped_until_it_expires_then_probation_decides() {
     let served = tally(&c, 300);
     assert_eq!(served.get("10.0.0.1:80"), None, "{served:?}");
     // A failed pick does not retry the ejected instance either.
-    let p = c.pick(None, || 0).unwrap();
+    let p = c.pick(None, 0).unwrap();
     assert!(c.retries(&p).all(|(a, _)| addr(&a) != "10.0.0.1:80"));
     assert_eq!(c.expire(30_999), 0);
     assert_eq!(c.expire(31_000), 1);
@@ -237,7 +301,7 @@ fn zones_prefer_local_instances_while_enough_are_usable() {
     assert_eq!(tally(&c, 99).len(), 3);
     // All instances local: used even when fewer than min_local.
     assert!(c.publish(vec![placed("a", "10.0.0.1:80", 1, Some("eu-1a"))]));
-    assert_eq!(c.pick(None, || 0).unwrap().addr.to_string(), "10.0.0.1:80");
+    assert_eq!(c.pick(None, 0).unwrap().addr.to_string(), "10.0.0.1:80");
 }
 
 #[test]
@@ -266,9 +330,9 @@ fn the_hash_policy_sends_a_key_to_one_instance_and_falls_back_without_one() {
         ..Policy::default()
     });
     for key in 0..100u64 {
-        let first = c.pick(Some(key), || 0).unwrap().addr;
+        let first = c.pick(Some(key), 0).unwrap().addr;
         for _ in 0..3 {
-            assert_eq!(c.pick(Some(key), || 0).unwrap().addr, first);
+            assert_eq!(c.pick(Some(key), 0).unwrap().addr, first);
         }
     }
     assert_eq!(tally(&c, 10).len(), 5, "no key: round robin");

@@ -1,12 +1,14 @@
 //! The live state of one instance, shared by the successive snapshots it appears in: requests in
-//! flight, latency, consecutive failures, ejection (Envoy's outlier detection) and active health checks.
+//! flight and latency (in its service's slots, see `slots`), consecutive failures, ejection
+//! (Envoy's outlier detection) and active health checks.
 //!
 //! Time is passed in as milliseconds on the caller's clock, so the rules are pure and testable.
 
-use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::latency::Latency;
+use super::slots::{Place, Slot};
 
 /// When instances are taken out of rotation for failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +54,8 @@ pub enum Verdict {
 /// The live state of one instance.
 #[derive(Debug, Default)]
 pub struct InstanceState {
-    /// Connections or requests in flight.
-    inflight: AtomicU32,
-    /// How long its answers (or connects) take.
-    latency: Latency,
+    /// What a pick reads (in flight, latency), in its service's slots.
+    slot: Slot,
     /// Connect failures in a row (16 bits, saturating: thresholds are at most 1000, and at
     /// 100 000 instances the state's size counts).
     failures: AtomicU16,
@@ -81,31 +81,45 @@ pub struct InFlight(Arc<InstanceState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.slot.hot().end();
     }
 }
 
 impl InstanceState {
-    /// A fresh state: healthy, nothing in flight.
+    /// A fresh state: healthy, nothing in flight, with a slot of its own (for an instance no
+    /// service holds any more).
     pub fn new() -> Arc<InstanceState> {
         Arc::new(InstanceState::default())
+    }
+
+    /// A fresh state in `slot`, one of its service's.
+    pub(super) fn in_slot(slot: Slot) -> Arc<InstanceState> {
+        Arc::new(InstanceState {
+            slot,
+            ..InstanceState::default()
+        })
+    }
+
+    /// Where its hot state is among its service's slots.
+    pub(super) fn place(&self) -> Place {
+        self.slot.place()
     }
 
     /// Connections or requests in flight.
     #[inline]
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
+        self.slot.hot().inflight()
     }
 
     /// Its latency estimate.
     #[inline]
     pub fn latency(&self) -> &Latency {
-        &self.latency
+        self.slot.hot().latency()
     }
 
     /// Counts one more in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.slot.hot().begin();
         InFlight(Arc::clone(self))
     }
 

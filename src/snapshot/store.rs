@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::cell::{ServiceCell, Snapshot};
+use super::cell::ServiceCell;
+use super::frozen::Snapshot;
 use crate::instance::Instance;
 
 /// All services cairn knows, with the etcd revision they reflect.
