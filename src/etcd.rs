@@ -11,7 +11,7 @@ mod metrics;
 mod outage;
 mod tls;
 
-pub use client::{answers, connect, list_prefix, Etcd, Listing, MAX_DECODE_BYTES};
+pub use client::{answers, connect, list_prefix, Etcd, PrefixRead, MAX_DECODE_BYTES};
 pub(crate) use config::RawEtcd;
 pub use config::{EndpointUrl, EtcdConfig};
 pub use credentials::{Credentials, Secret, PASSWORD_ENV};

@@ -60,7 +60,7 @@ pub use lease::{KeepAlive, KeyEvent, KeyWatch, LeaseKeys};
 pub use status::Status;
 
 pub use handle::Handle;
-use owned::{Leftovers, Owned, Update};
+use owned::{Desired, Leftovers, Owned};
 
 use crate::backoff::Backoff;
 use crate::etcd::{EtcdError, Kind, Outage};
@@ -103,7 +103,7 @@ struct Session<K: LeaseKeys> {
 enum End {
     Stop,
     /// A reload changed the registrations or the TTL.
-    Reconfigure(Update),
+    Reconfigure(Desired),
     /// The lease is gone: grant a new one.
     LeaseLost(String),
     /// A stream or call failed: reconnect, keeping the lease if it still lives.
@@ -178,7 +178,7 @@ impl<K: LeaseKeys> Registrar<K> {
     /// left go to `leftovers`, and so does the lease when the TTL changed.
     fn reconfigure(
         &mut self,
-        update: Update,
+        update: Desired,
         owned: &[Owned],
         lease: &mut Option<i64>,
         leftovers: &mut Leftovers,
@@ -204,7 +204,7 @@ impl<K: LeaseKeys> Registrar<K> {
         stop: CancellationToken,
         abandon: Arc<std::sync::atomic::AtomicBool>,
         status: Arc<Status>,
-        mut updates: mpsc::UnboundedReceiver<Update>,
+        mut updates: mpsc::UnboundedReceiver<Desired>,
     ) {
         let mut owned = owned::track(&self.prefix, &self.instances, &[]);
         let (mut checks, mut changes) = owned::spawn_checks(&owned, &stop);
@@ -400,7 +400,7 @@ impl<K: LeaseKeys> Registrar<K> {
         session: &mut Session<K>,
         owned: &mut [Owned],
         changes: &mut mpsc::Receiver<(usize, bool)>,
-        updates: &mut mpsc::UnboundedReceiver<Update>,
+        updates: &mut mpsc::UnboundedReceiver<Desired>,
         status: &Status,
         stop: &CancellationToken,
     ) -> End {

@@ -8,14 +8,14 @@
 //! - [`plane`](self::plane): the listeners as they run, handed to new settings on a reload;
 //! - `running`: what a running cairn holds, how it starts and shuts down;
 //! - `etcd_side`: the etcd client and the discovery tasks;
-//! - `reload` and `reloads`: what a new config changes and how, and the reload counters;
+//! - `reload` and `reload_metrics`: what a new config changes and how, and the reload counters;
 //! - `prune`: services that left the registry are forgotten.
 
 mod etcd_side;
 mod plane;
 mod prune;
 mod reload;
-mod reloads;
+mod reload_metrics;
 mod running;
 
 use std::net::SocketAddr;

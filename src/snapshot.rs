@@ -18,7 +18,7 @@ mod writer;
 
 pub use cell::{Retries, ServiceCell};
 pub use frozen::{Pick, Snapshot};
-pub use policy::Policy;
-pub use state::{InFlight, InstanceState, Outlier, Verdict};
+pub use policy::{Outlier, Policy};
+pub use state::{InFlight, InstanceState, Verdict};
 pub use store::Store;
 pub use writer::{Scope, StoreWriter};

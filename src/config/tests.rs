@@ -16,7 +16,7 @@ fn defaults_apply_to_a_minimal_file() {
     let s = &c.services[0];
     assert_eq!(s.protocol, Protocol::Tcp);
     assert_eq!(s.route, RouteConfig::default());
-    assert_eq!(s.route.balance, Balance::RoundRobin);
+    assert_eq!(s.route.policy.balance, Balance::RoundRobin);
     assert_eq!(s.route.connect_timeout, Duration::from_secs(1));
     assert_eq!(s.route.retries, 2);
     assert_eq!(s.route.request_timeout, Duration::from_secs(30));
@@ -338,13 +338,13 @@ fall = 2
     let c = parse(text).unwrap();
     assert_eq!(c.zone.as_deref(), Some("eu-1a"));
     let s = &c.services[0];
-    assert_eq!(s.route.balance, Balance::Hash);
+    assert_eq!(s.route.policy.balance, Balance::Hash);
     assert_eq!(
         s.route.hash_key,
         Some(crate::balance::HashKey::Header("x-user".into()))
     );
-    assert_eq!(s.route.min_local, 3);
-    let o = s.route.outlier;
+    assert_eq!(s.route.policy.min_local, 3);
+    let o = s.route.policy.outlier;
     assert_eq!(
         (
             o.consecutive_failures,
@@ -368,7 +368,7 @@ fall = 2
     let plain = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
     let c = parse(plain).unwrap();
     assert_eq!(
-        c.services[0].route.outlier,
+        c.services[0].route.policy.outlier,
         crate::snapshot::Outlier::default()
     );
     assert!(c.services[0].health.is_none());

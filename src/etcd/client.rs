@@ -209,7 +209,7 @@ pub async fn answers(etcd: &mut Etcd, prefix: &str, writes: &[String]) -> Result
 
 /// One consistent read of a prefix.
 #[derive(Debug)]
-pub struct Listing {
+pub struct PrefixRead {
     /// The revision every page was read at.
     pub revision: i64,
     /// The id of the cluster that answered.
@@ -223,17 +223,17 @@ pub struct Listing {
 ///
 /// # Errors
 /// Any failed call, including a compaction of the pinned revision while paging (list again).
-pub async fn list_prefix(etcd: &Etcd, prefix: &str) -> Result<Listing, EtcdError> {
+pub async fn list_prefix(etcd: &Etcd, prefix: &str) -> Result<PrefixRead, EtcdError> {
     list_pages(etcd, prefix).await.map_err(|e| etcd.at(e))
 }
 
-async fn list_pages(etcd: &Etcd, prefix: &str) -> Result<Listing, EtcdError> {
+async fn list_pages(etcd: &Etcd, prefix: &str) -> Result<PrefixRead, EtcdError> {
     let mut kv = etcd
         .client
         .kv_client()
         .max_decoding_message_size(MAX_DECODE_BYTES);
     let end = prefix_end(prefix.as_bytes());
-    let mut listing = Listing {
+    let mut listing = PrefixRead {
         revision: 0,
         cluster_id: 0,
         kvs: Vec::new(),

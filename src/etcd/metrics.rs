@@ -63,7 +63,7 @@ impl Op {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct Outcome {
+struct OperationResult {
     operation: &'static str,
     status: &'static str,
 }
@@ -86,7 +86,7 @@ fn histogram() -> Histogram {
 /// The counters of every etcd call. Clones share them.
 #[derive(Debug, Clone)]
 pub struct EtcdMetrics {
-    operations: Family<Outcome, Counter>,
+    operations: Family<OperationResult, Counter>,
     durations: Family<Operation, Histogram, fn() -> Histogram>,
     members: Family<Member, Gauge>,
     /// Each member's last answer, for the status page.
@@ -145,7 +145,7 @@ impl EtcdMetrics {
     /// Counts one call of `op`.
     pub(crate) fn count(&self, op: Op, ok: bool) {
         self.operations
-            .get_or_create(&Outcome {
+            .get_or_create(&OperationResult {
                 operation: op.as_str(),
                 status: if ok { "ok" } else { "error" },
             })

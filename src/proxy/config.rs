@@ -11,7 +11,7 @@ use toml::Spanned;
 use crate::balance::{Balance, HashKey};
 use crate::field::{duration, within, FieldResult, HumanDuration, Key, ListenAddr};
 use crate::registry::ServiceName;
-use crate::snapshot::{Outlier, Policy};
+use crate::snapshot::Policy;
 
 mod judging;
 
@@ -87,14 +87,10 @@ impl Default for RelayConfig {
 /// How connections or requests reach the instances of one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
-    /// The picking policy.
-    pub balance: Balance,
-    /// What the `hash` policy hashes; set exactly when `balance` is `hash`.
+    /// How the service's instances are picked and judged (no zone: that is the node's).
+    pub policy: Policy,
+    /// What the `hash` policy hashes; set exactly when `policy.balance` is `hash`.
     pub hash_key: Option<HashKey>,
-    /// When failing instances are ejected.
-    pub outlier: Outlier,
-    /// With a node zone, local instances are preferred while at least this many are usable.
-    pub min_local: usize,
     /// How long a connect to one instance may take before another is tried.
     pub connect_timeout: Duration,
     /// How many other instances are tried when a connect fails.
@@ -110,10 +106,8 @@ pub struct RouteConfig {
 impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
-            balance: Balance::RoundRobin,
+            policy: Policy::default(),
             hash_key: None,
-            outlier: Outlier::default(),
-            min_local: 2,
             connect_timeout: Duration::from_secs(1),
             retries: 2,
             request_timeout: Duration::from_secs(30),
@@ -127,10 +121,8 @@ impl RouteConfig {
     /// The picking and ejection policy of the route's service on a node in `zone`.
     pub fn policy(&self, zone: Option<String>) -> Policy {
         Policy {
-            balance: self.balance,
-            outlier: self.outlier,
             zone,
-            min_local: self.min_local,
+            ..self.policy.clone()
         }
     }
 }
@@ -310,7 +302,7 @@ impl RawService {
             }
             Some(r) => *r.get_ref(),
         };
-        let balance = self.balance.unwrap_or(defaults.balance);
+        let balance = self.balance.unwrap_or(defaults.policy.balance);
         let hash_key = match (&self.hash_key, balance) {
             (None, Balance::Hash) => Some(HashKey::ClientIp),
             (None, _) => None,
@@ -334,18 +326,21 @@ impl RawService {
             }
         };
         let route = RouteConfig {
-            balance,
+            policy: Policy {
+                balance,
+                outlier: self
+                    .outlier
+                    .unwrap_or_default()
+                    .validate(&key.field("outlier"))?,
+                zone: None,
+                min_local: within(
+                    self.min_local.as_ref(),
+                    &key.field("min_local"),
+                    0..MAX_MIN_LOCAL + 1,
+                    defaults.policy.min_local as u64,
+                )? as usize,
+            },
             hash_key,
-            outlier: self
-                .outlier
-                .unwrap_or_default()
-                .validate(&key.field("outlier"))?,
-            min_local: within(
-                self.min_local.as_ref(),
-                &key.field("min_local"),
-                0..MAX_MIN_LOCAL + 1,
-                defaults.min_local as u64,
-            )? as usize,
             connect_timeout: duration(
                 self.connect_timeout.as_ref(),
                 &key.field("connect_timeout"),

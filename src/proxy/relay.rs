@@ -75,8 +75,8 @@ pub(crate) async fn relay(
     let last = AtomicU64::new(started);
     let idle_ms = config.idle_timeout.map(|idle| idle.as_millis() as u64);
     let keepalive_at = started + KEEPALIVE_AFTER_MS;
-    let mut a = Side::new(client, &last, None);
-    let mut b = Side::new(
+    let mut a = Half::new(client, &last, None);
+    let mut b = Half::new(
         instance,
         &last,
         config.keepalive.map(|idle| (idle, keepalive_at)),
@@ -113,9 +113,9 @@ pub(crate) async fn relay(
     }
 }
 
-/// One socket of a relay: records when it last read something and whether its peer has
-/// finished sending, and sets TCP keepalive once it is due.
-struct Side<'a> {
+/// One half of a relay, its socket to one peer: records when it last read something and
+/// whether the peer has finished sending, and sets TCP keepalive once it is due.
+struct Half<'a> {
     io: &'a mut TcpStream,
     last: &'a AtomicU64,
     /// The peer sent its FIN: everything it sent has been read.
@@ -124,9 +124,9 @@ struct Side<'a> {
     keepalive: Option<(Duration, u64)>,
 }
 
-impl<'a> Side<'a> {
+impl<'a> Half<'a> {
     fn new(io: &'a mut TcpStream, last: &'a AtomicU64, keepalive: Option<(Duration, u64)>) -> Self {
-        Side {
+        Half {
             io,
             last,
             ended: false,
@@ -147,7 +147,7 @@ impl<'a> Side<'a> {
     }
 }
 
-impl AsyncRead for Side<'_> {
+impl AsyncRead for Half<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -169,7 +169,7 @@ impl AsyncRead for Side<'_> {
     }
 }
 
-impl AsyncWrite for Side<'_> {
+impl AsyncWrite for Half<'_> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

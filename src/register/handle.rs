@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Registration;
-use super::owned::Update;
+use super::owned::Desired;
 use super::status::Status;
 
 /// The handle of a running registrar.
@@ -24,7 +24,7 @@ pub struct Handle {
     /// Its live state.
     pub(super) status: Arc<Status>,
     /// New registrations and TTL, from a reload.
-    pub(super) updates: mpsc::UnboundedSender<Update>,
+    pub(super) updates: mpsc::UnboundedSender<Desired>,
 }
 
 impl Handle {
@@ -48,7 +48,7 @@ impl Handle {
     /// same lease unless the TTL changed (then under a new one, and the old one is revoked).
     /// Health checks of unchanged registrations keep their state.
     pub fn update(&self, ttl: Duration, instances: Vec<Registration>) {
-        let _ = self.updates.send(Update { ttl, instances });
+        let _ = self.updates.send(Desired { ttl, instances });
     }
 
     /// The registrar's live state.

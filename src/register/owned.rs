@@ -11,9 +11,9 @@ use super::check::Check;
 use super::config::Registration;
 use crate::registry::instance_key;
 
-/// What a reload changes in a running registrar.
+/// What a running registrar is to hold from a reload on: the lease TTL and the registrations.
 #[derive(Debug)]
-pub(super) struct Update {
+pub(super) struct Desired {
     /// The lease TTL asked for.
     pub(super) ttl: Duration,
     /// The registrations.

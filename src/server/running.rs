@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::etcd_side::{EtcdSide, SideMetrics, Wiring};
 use super::plane::{Plane, Shared, Spec};
 use super::prune;
-use super::reloads::ReloadMetrics;
+use super::reload_metrics::ReloadMetrics;
 use crate::admin::{Admin, Sources, StoreCollector};
 use crate::cache::CacheConfig;
 use crate::config::Config;

@@ -8,36 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::latency::Latency;
+use super::policy::Outlier;
 use super::slots::{Place, Slot};
-
-/// When instances are taken out of rotation for failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outlier {
-    /// Connects refused, reset or timed out in a row that eject an instance; 0 turns it off.
-    pub consecutive_failures: u32,
-    /// HTTP 502/503/504 answers in a row that eject an instance; 0 turns it off.
-    pub consecutive_5xx: u32,
-    /// The first ejection's length; each ejection in a row lasts one more of these.
-    pub base_ejection_ms: u64,
-    /// The longest ejection.
-    pub max_ejection_ms: u64,
-    /// At most this share of a service's instances is ejected at once (at least one may be).
-    pub max_ejection_percent: u32,
-}
-
-impl Default for Outlier {
-    /// Envoy's defaults: 5 failures, 30 s doubling-ish up to 300 s, at most half ejected; 5xx off
-    /// (a URL that always fails must not let one client eject every instance).
-    fn default() -> Self {
-        Outlier {
-            consecutive_failures: 5,
-            consecutive_5xx: 0,
-            base_ejection_ms: 30_000,
-            max_ejection_ms: 300_000,
-            max_ejection_percent: 50,
-        }
-    }
-}
 
 /// What a report changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,14 +11,14 @@ use prometheus_client::registry::Registry;
 
 /// The `result` label of the reload counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct Outcome {
+struct ReloadResult {
     result: &'static str,
 }
 
 /// `cairn_config_reloads_total{result}` and the time of the last good one.
 #[derive(Debug, Default)]
 pub(crate) struct ReloadMetrics {
-    reloads: Family<Outcome, Counter>,
+    reloads: Family<ReloadResult, Counter>,
     last_success: Gauge<f64, AtomicU64>,
 }
 
@@ -36,7 +36,7 @@ impl ReloadMetrics {
             self.last_success.clone(),
         );
         for result in ["success", "failure"] {
-            let _ = self.reloads.get_or_create(&Outcome { result });
+            let _ = self.reloads.get_or_create(&ReloadResult { result });
         }
         self.stamp();
     }
@@ -50,7 +50,7 @@ impl ReloadMetrics {
 
     pub(super) fn count(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
-        self.reloads.get_or_create(&Outcome { result }).inc();
+        self.reloads.get_or_create(&ReloadResult { result }).inc();
         if ok {
             self.stamp();
         }
