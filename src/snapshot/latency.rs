@@ -128,9 +128,15 @@ fn ms(now_ns: u64) -> u32 {
     (now_ns / NS_PER_MS) as u32
 }
 
+/// Milliseconds from `at` to `now_ns`; 0 when `at` is later, as it is when another thread
+/// sampled the instance after this caller read its clock (up to a minute of that is told apart
+/// from a wrap of the millisecond count).
 #[inline]
 fn elapsed_ms(at: u32, now_ns: u64) -> u32 {
-    ms(now_ns).wrapping_sub(at)
+    match ms(now_ns).wrapping_sub(at) {
+        ahead if ahead > u32::MAX - 60_000 => 0,
+        elapsed => elapsed,
+    }
 }
 
 /// The weight left to a sample `elapsed_ms` old: `e^(-elapsed/DECAY)`, without calling `exp`
@@ -220,6 +226,21 @@ mod tests {
         l.observe(MS, 5 * S);
         assert_eq!(l.load(0, 5 * S), MS as f64);
         assert_eq!(l.load(2, 5 * S), 3.0 * MS as f64);
+    }
+
+    #[test]
+    fn a_sample_newer_than_the_readers_clock_is_not_decayed() {
+        // Another thread sampled after this one read its clock: no time has passed, not 49 days.
+        let l = Latency::default();
+        l.observe(20 * MS, 10 * S + 5 * MS);
+        assert_eq!(l.cost_ns(10 * S), 20.0 * MS as f64);
+        assert_eq!(l.load(1, 10 * S), 40.0 * MS as f64);
+        // And the estimate still decays once the clock moves on, across a wrap of the
+        // millisecond count too.
+        let wrap = (u64::from(u32::MAX) + 1) * MS;
+        l.observe(20 * MS, wrap - S);
+        let later = l.cost_ns(wrap + 9 * S) / MS as f64;
+        assert!((later - 20.0 / std::f64::consts::E).abs() < 1e-5, "{later}");
     }
 
     #[test]
