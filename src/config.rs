@@ -1,7 +1,7 @@
 //! The TOML configuration file, aggregated from the sections each component owns.
 //!
 //! This module parses the file, reads `[node]` and `[runtime]`, hands `[etcd]`, `[admin]`,
-//! `[cache]`, each `[[service]]`, `[[gateway]]` and `[[register]]` block to the component that
+//! `[cache]`, `[discovery]`, each `[[service]]`, `[[gateway]]` and `[[register]]` block to the component that
 //! owns its settings, and checks what spans sections
 //! (service names, listen addresses). Every mistake is reported as one [`ConfigError`] naming
 //! the file, the line and the key, so `cairn check` and `cairn run` print a single line an
@@ -21,6 +21,7 @@ pub use error::ConfigError;
 
 use crate::admin::{AdminConfig, RawAdmin};
 use crate::cache::{CacheConfig, RawCache};
+use crate::discovery::{DiscoveryScope, RawDiscovery};
 use crate::etcd::{EtcdConfig, RawEtcd};
 use crate::field::{within, FieldError, FieldResult, Key, Lines, ListenAddr};
 use crate::proxy::config::{RawGateway, RawService};
@@ -49,6 +50,9 @@ pub struct Config {
     pub workers: usize,
     /// Where the registry is persisted for a cold start while etcd is away; off by default.
     pub cache: Option<CacheConfig>,
+    /// Which part of the registry is listed and watched (`[discovery] scope`); see
+    /// [`Config::scope`].
+    pub discovery: DiscoveryScope,
 }
 
 /// The number of cores this process may run on, the default for `[runtime] workers`.
@@ -72,11 +76,23 @@ impl Default for Config {
             zone: None,
             workers: cores(),
             cache: None,
+            discovery: DiscoveryScope::Routed,
         }
     }
 }
 
 impl Config {
+    /// The part of the registry to list and watch: `discovery`, except that a gateway, which
+    /// may route to any service, always gets the whole prefix (a config built in code may
+    /// leave `discovery` at its default beside one).
+    pub fn scope(&self) -> DiscoveryScope {
+        if self.gateways.is_empty() {
+            self.discovery
+        } else {
+            DiscoveryScope::All
+        }
+    }
+
     /// Reads and validates the file at `path`.
     ///
     /// # Errors
@@ -120,6 +136,8 @@ struct RawConfig {
     #[serde(default)]
     runtime: RawRuntime,
     cache: Option<RawCache>,
+    #[serde(default)]
+    discovery: RawDiscovery,
 }
 
 /// The `[runtime]` table as written.
@@ -224,6 +242,9 @@ impl RawConfig {
             gateways.push(raw.validate(&key)?);
         }
 
+        let discovery = self
+            .discovery
+            .validate(&Key::new("discovery"), !gateways.is_empty())?;
         let (registrations, ttl) = crate::register::validate(self.registrations, lines)?;
         let zone = self.node.validate(&Key::new("node"))?;
         let workers = within(
@@ -237,6 +258,7 @@ impl RawConfig {
             None => None,
         };
         Ok(Config {
+            discovery,
             zone,
             workers,
             cache,

@@ -12,6 +12,7 @@
 //! serving. etcd is reached through [`ListWatch`], so the state machine is unit-tested on a
 //! paused clock against a fake.
 
+mod config;
 mod etcd;
 mod freshness;
 mod metrics;
@@ -32,7 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use config::{DiscoveryScope, RawDiscovery};
 pub use etcd::EtcdSource;
+use freshness::Contact;
 pub use freshness::Freshness;
 pub use metrics::DiscoveryMetrics;
 pub use source::{Event, Header, Kv, ListWatch, Listing, WatchMessage, WatchStream};
@@ -68,6 +71,8 @@ pub struct Discovery<L, S> {
     sink: S,
     /// Counters for `/metrics`.
     metrics: DiscoveryMetrics,
+    /// This task's part in the freshness `/readyz` reports.
+    contact: Contact,
     /// What to serve if etcd does not answer the first list in time; taken when delivered.
     fallback: Option<Fallback>,
     /// When the fallback is due.
@@ -127,6 +132,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             prefix: prefix.to_string(),
             service: None,
             sink,
+            contact: metrics.freshness.join(),
             metrics,
             fallback: None,
             fallback_at: None,
@@ -248,7 +254,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             let end = self
                 .follow(stream, &mut at, &mut backoff, &mut outage, &shutdown)
                 .await;
-            self.metrics.freshness.set_connected(false);
+            self.contact.set_connected(false);
             match end {
                 StreamEnd::Shutdown => return,
                 StreamEnd::Relist => {
@@ -281,7 +287,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             );
         }
         at.cluster_id = cluster_id;
-        self.metrics.freshness.set_cluster(cluster_id);
+        self.contact.freshness().set_cluster(cluster_id);
         // Listed in time: the fallback is never served.
         self.fallback = None;
         if let Some(cached) = self.fallback_cluster.take() {
@@ -298,8 +304,8 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
         let instances: Vec<(String, Arc<Instance>)> =
             listing.kvs.iter().filter_map(|kv| self.read(kv)).collect();
         self.metrics.lists.inc();
-        self.metrics.freshness.contact();
-        info!(revision, instances = instances.len(), "registry listed");
+        self.contact.contact();
+        info!(prefix = %self.prefix, revision, instances = instances.len(), "registry listed");
         self.sink.apply(Update::Reset {
             revision,
             instances,
@@ -338,7 +344,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                 }
                 Ok(Ok(Some(m))) => m,
             };
-            self.metrics.freshness.contact();
+            self.contact.contact();
             let header = match &message {
                 WatchMessage::Compacted { compact_revision } => {
                     info!(
@@ -365,7 +371,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             let events = match message {
                 WatchMessage::Created(_) => {
                     debug!(start = applied + 1, "registry watch open");
-                    self.metrics.freshness.set_connected(true);
+                    self.contact.set_connected(true);
                     backoff.reset();
                     outage.recovered("watching the registry");
                     continue;

@@ -14,6 +14,7 @@ mod slots;
 mod state;
 mod store;
 pub mod timing;
+mod watched;
 mod writer;
 
 pub use cell::{Retries, ServiceCell};
@@ -21,4 +22,5 @@ pub use frozen::{Pick, Snapshot};
 pub use policy::{Outlier, Policy};
 pub use state::{InFlight, InstanceState, Verdict};
 pub use store::Store;
+pub use watched::Watched;
 pub use writer::{Scope, StoreWriter};

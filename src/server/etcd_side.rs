@@ -1,40 +1,82 @@
-//! What runs against etcd: one client, the discovery tasks that feed the store (the prefix's,
-//! and one per service read from its own key), and each member's health. A reload that changes
-//! `[etcd]` or the services' keys replaces it whole.
+//! What runs against etcd: one client, the discovery tasks that feed the store, and each
+//! member's health.
+//!
+//! Discovery is one of two shapes (`[discovery] scope`):
+//! - `all`: one list and watch of the whole prefix, plus one per service read from its own key
+//!   (go-zero's layout), which the prefix's leaves alone;
+//! - `routed`: one list and watch per routed service, of its own prefix (or key), and nothing
+//!   else: a node holds what it routes, whatever the registry's size.
+//!
+//! A reload that changes `[etcd]` or the scope replaces the side whole. One that only changes
+//! which services a `routed` node watches starts the new watches, waits for their first list,
+//! then stops the ones no longer routed; the others are not touched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::discovery::{Discovery, DiscoveryMetrics, Fallback};
+use crate::discovery::{Discovery, DiscoveryMetrics, DiscoveryScope, Fallback};
 use crate::error::Error;
 use crate::etcd::{Etcd, EtcdConfig, EtcdMetrics, Members};
-use crate::snapshot::{Scope, Store, StoreWriter};
+use crate::registry::service_prefix;
+use crate::snapshot::{Scope, Store, StoreWriter, Watched};
 
-/// What an [`EtcdSide`] was started from: a reload replaces it when this changes.
+/// What an [`EtcdSide`] was started from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wiring {
     /// How etcd is reached.
     etcd: EtcdConfig,
-    /// Services read from their own key (go-zero's layout), with that key.
-    keyed: Vec<(String, String)>,
+    /// Which part of the registry is watched.
+    scope: DiscoveryScope,
+    /// Services watched on their own, each with the prefix its instances live under: with
+    /// scope `all`, those read from their own key; with `routed`, every routed service.
+    own: Vec<(String, String)>,
 }
 
 impl Wiring {
     /// The part of `config` discovery depends on.
     pub(crate) fn of(config: &Config) -> Wiring {
+        let scope = config.scope();
+        let own = config
+            .services
+            .iter()
+            .filter_map(|s| match (&s.key, scope) {
+                (Some(key), _) => Some((s.name.to_string(), key.clone())),
+                (None, DiscoveryScope::Routed) => Some((
+                    s.name.to_string(),
+                    service_prefix(&config.etcd.prefix, &s.name),
+                )),
+                (None, DiscoveryScope::All) => None,
+            })
+            .collect();
         Wiring {
             etcd: config.etcd.clone(),
-            keyed: config
-                .services
-                .iter()
-                .filter_map(|s| Some((s.name.to_string(), s.key.clone()?)))
-                .collect(),
+            scope,
+            own,
         }
     }
+
+    /// Whether a side started from `self` can become one of `next` by starting and stopping
+    /// per-service watches: same etcd, both `routed`.
+    pub(crate) fn rescopes_to(&self, next: &Wiring) -> bool {
+        self.etcd == next.etcd
+            && self.scope == DiscoveryScope::Routed
+            && next.scope == DiscoveryScope::Routed
+    }
+}
+
+/// One service's own list-and-watch task.
+struct OwnWatch {
+    /// The prefix it watches.
+    prefix: String,
+    /// Stops it.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// The etcd client and the tasks reading through it.
@@ -43,10 +85,17 @@ pub(crate) struct EtcdSide {
     pub(crate) wiring: Wiring,
     /// The client, shared with the registrar.
     pub(crate) etcd: Etcd,
-    /// Stops the tasks.
+    /// Stops every task.
     stop: CancellationToken,
-    /// Discovery and member-health tasks.
+    /// Member health, and with scope `all` the prefix's discovery.
     tasks: Vec<JoinHandle<()>>,
+    /// Per-service discoveries, by service.
+    own: HashMap<String, OwnWatch>,
+    /// With scope `routed`, the per-service writers reporting to the store together.
+    group: Option<Arc<Watched>>,
+    /// What new tasks write to and report to.
+    store: Arc<Store>,
+    metrics: SideMetrics,
 }
 
 /// The counters every generation of the etcd side reports to.
@@ -56,6 +105,50 @@ pub(crate) struct SideMetrics {
     pub(crate) etcd: EtcdMetrics,
     /// Per discovery.
     pub(crate) discovery: DiscoveryMetrics,
+}
+
+/// The per-service watches a reload starts and stops on a `routed` side, prepared: the new ones
+/// already listed (or given up waiting for). Dropped, the new ones stop.
+pub(crate) struct Rescope {
+    wiring: Wiring,
+    /// Watches of services not watched before, already started.
+    started: Vec<(String, OwnWatch)>,
+    /// Services watched before under another prefix, with the new one.
+    moved: Vec<(String, String)>,
+    /// Services whose current watch stops.
+    gone: Vec<String>,
+    group: Arc<Watched>,
+}
+
+impl Rescope {
+    /// Waits up to `wait` for the first list of every service it starts watching.
+    async fn wait(&self, wait: Duration) {
+        let added: Vec<String> = self.started.iter().map(|(s, _)| s.clone()).collect();
+        if added.is_empty()
+            || tokio::time::timeout(wait, self.group.until_listed(&added))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        let unlisted: Vec<&String> = added.iter().filter(|s| !self.group.is_listed(s)).collect();
+        warn!(
+            services = ?unlisted,
+            waited = %humantime::format_duration(wait),
+            "etcd has not listed these services yet; they route once it does"
+        );
+    }
+}
+
+impl Drop for Rescope {
+    fn drop(&mut self) {
+        // Abandoned (a SIGTERM during the reload): the services were never routed. A task
+        // may still write once before it sees the cancel; the process is ending then anyway.
+        for (service, watch) in self.started.drain(..) {
+            watch.stop.cancel();
+            self.group.forget(&service);
+        }
+    }
 }
 
 impl EtcdSide {
@@ -104,40 +197,155 @@ impl EtcdSide {
         let mut tasks = vec![tokio::spawn(
             Members::new(wiring.etcd.clone(), metrics.etcd.clone()).run(stop.clone()),
         )];
-        // Services read from their own key get a watch of their own; the prefix's watch
-        // leaves them alone.
-        tasks.push(
-            Discovery::new(
-                etcd.clone(),
-                &wiring.etcd.prefix,
-                StoreWriter::scoped(
-                    Arc::clone(store),
-                    Scope::AllBut(wiring.keyed.iter().map(|(s, _)| s.clone()).collect()),
-                ),
-                metrics.discovery.clone(),
-            )
-            .with_fallback(fallback.clone())
-            .spawn(stop.clone()),
-        );
-        for (service, key) in &wiring.keyed {
-            info!(service = %service, key, "reading this service's instances from its own key");
-            let own = DiscoveryMetrics {
-                freshness: Arc::default(),
-                ..metrics.discovery.clone()
-            };
-            let writer = StoreWriter::scoped(Arc::clone(store), Scope::Only(service.clone()));
-            tasks.push(
-                Discovery::new(etcd.clone(), key, writer, own)
-                    .for_service(service)
+        let group = match wiring.scope {
+            DiscoveryScope::All => {
+                // Services read from their own key get a watch of their own; the prefix's
+                // watch leaves them alone.
+                let others = wiring.own.iter().map(|(s, _)| s.clone()).collect();
+                tasks.push(
+                    Discovery::new(
+                        etcd.clone(),
+                        &wiring.etcd.prefix,
+                        StoreWriter::scoped(Arc::clone(store), Scope::AllBut(others)),
+                        metrics.discovery.clone(),
+                    )
                     .with_fallback(fallback.clone())
                     .spawn(stop.clone()),
-            );
-        }
-        EtcdSide {
-            wiring,
+                );
+                None
+            }
+            DiscoveryScope::Routed => {
+                info!(
+                    services = wiring.own.len(),
+                    "discovery scoped to the routed services: each is listed and watched on its own"
+                );
+                let services: Vec<String> = wiring.own.iter().map(|(s, _)| s.clone()).collect();
+                Some(Watched::new(Arc::clone(store), &services))
+            }
+        };
+        let mut side = EtcdSide {
+            wiring: wiring.clone(),
             etcd,
             stop,
             tasks,
+            own: HashMap::new(),
+            group,
+            store: Arc::clone(store),
+            metrics: metrics.clone(),
+        };
+        for (service, prefix) in &wiring.own {
+            let watch = side.watch(service, prefix, fallback.clone());
+            side.own.insert(service.clone(), watch);
+        }
+        side
+    }
+
+    /// Starts the list-and-watch task of `service`, whose instances live under `prefix`.
+    fn watch(&self, service: &str, prefix: &str, fallback: Option<Fallback>) -> OwnWatch {
+        let writer = match &self.group {
+            Some(group) => StoreWriter::watched(group, service),
+            None => {
+                info!(service = %service, key = prefix, "reading this service's instances from its own key");
+                StoreWriter::scoped(Arc::clone(&self.store), Scope::Only(service.to_string()))
+            }
+        };
+        let stop = self.stop.child_token();
+        let task = Discovery::new(
+            self.etcd.clone(),
+            prefix,
+            writer,
+            self.metrics.discovery.clone(),
+        )
+        .for_service(service)
+        .with_fallback(fallback)
+        .spawn(stop.clone());
+        OwnWatch {
+            prefix: prefix.to_string(),
+            stop,
+            task,
+        }
+    }
+
+    /// Starts the watches `next` adds to this `routed` side and waits up to `wait` for their
+    /// first list, so a service a reload adds routes as soon as its listener opens. Those
+    /// `next` drops are only stopped by [`EtcdSide::rescoped`].
+    pub(crate) async fn rescope(&self, next: Wiring, wait: Duration) -> Rescope {
+        let group = Arc::clone(
+            self.group
+                .as_ref()
+                .expect("only a routed side is rescoped, and it has a group"),
+        );
+        let wanted: HashMap<&str, &str> = next
+            .own
+            .iter()
+            .map(|(s, p)| (s.as_str(), p.as_str()))
+            .collect();
+        let gone = self
+            .own
+            .iter()
+            .filter(|(s, w)| wanted.get(s.as_str()) != Some(&w.prefix.as_str()))
+            .map(|(s, _)| s.clone())
+            .collect();
+        // A service whose key moved keeps its old watch until the commit, which stops it and
+        // only then starts the new one: two watches must not write one service.
+        let (new, moved): (Vec<_>, Vec<_>) = next
+            .own
+            .iter()
+            .filter(|(s, p)| self.own.get(s).is_none_or(|w| w.prefix != *p))
+            .cloned()
+            .partition(|(s, _)| !self.own.contains_key(s));
+        let started: Vec<(String, OwnWatch)> = new
+            .iter()
+            .map(|(s, p)| (s.clone(), self.watch(s, p, None)))
+            .collect();
+        let rescope = Rescope {
+            wiring: next,
+            started,
+            moved,
+            gone,
+            group,
+        };
+        // Built before the wait: a reload abandoned while it waits drops it, which stops the
+        // watches it started.
+        rescope.wait(wait).await;
+        rescope
+    }
+
+    /// Takes a prepared [`Rescope`]: adopts its new watches, stops those no longer wanted and
+    /// empties their services, and restarts those whose key moved. Returns how many watches
+    /// started and stopped.
+    pub(crate) async fn rescoped(&mut self, mut rescope: Rescope) -> (usize, usize) {
+        let started = std::mem::take(&mut rescope.started);
+        let gone = std::mem::take(&mut rescope.gone);
+        let (added, removed) = (started.len() + rescope.moved.len(), gone.len());
+        for service in gone {
+            if let Some(old) = self.own.remove(&service) {
+                old.stop.cancel();
+                let _ = old.task.await;
+                // Only now, with its task ended, can nothing write the service again.
+                rescope.group.forget(&service);
+            }
+        }
+        self.own.extend(started);
+        for (service, prefix) in std::mem::take(&mut rescope.moved) {
+            let watch = self.watch(&service, &prefix, None);
+            self.own.insert(service, watch);
+        }
+        self.wiring = rescope.wiring.clone();
+        (added, removed)
+    }
+
+    /// Empties every service this side does not watch, if it watches only the routed ones: after
+    /// it replaced a side that watched more (another scope, or services a reload dropped along
+    /// with a change of `[etcd]`), nothing keeps those current any more.
+    pub(crate) fn forget_unwatched(&self) {
+        let Some(group) = &self.group else {
+            return;
+        };
+        for (service, snapshot) in self.store.snapshots() {
+            if !snapshot.is_empty() && !self.own.contains_key(&service) {
+                group.forget(&service);
+            }
         }
     }
 
@@ -146,6 +354,9 @@ impl EtcdSide {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        for (_, watch) in self.own {
+            let _ = watch.task.await;
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::etcd_side::{EtcdSide, Wiring};
+use super::etcd_side::{EtcdSide, Rescope, Wiring};
 use super::plane::{Identity, Spec};
 use super::running::{bind, configure_cells, registrar, specs, Running};
 use crate::admin::ADMIN_BACKLOG;
@@ -28,6 +28,8 @@ struct Changes {
     removed: usize,
     changed: usize,
     etcd: bool,
+    watches_started: usize,
+    watches_stopped: usize,
     registrations: bool,
     admin: bool,
 }
@@ -40,6 +42,7 @@ pub(super) struct Prepared {
     fresh: HashMap<Identity, TcpListener>,
     admin_socket: Option<TcpListener>,
     side: Option<EtcdSide>,
+    rescope: Option<Rescope>,
 }
 
 /// What the signal loop does after a reload.
@@ -98,6 +101,8 @@ impl Running {
                         listeners_removed = c.removed,
                         listeners_changed = c.changed,
                         etcd_reconnected = c.etcd,
+                        watches_started = c.watches_started,
+                        watches_stopped = c.watches_stopped,
                         registrations_changed = c.registrations,
                         admin_moved = c.admin,
                         "config reloaded"
@@ -128,29 +133,31 @@ impl Running {
             false => Some(bind(next.admin.listen, ADMIN_BACKLOG, "[admin]")?),
         };
         let wiring = Wiring::of(&next);
-        let side = match wiring == self.side.wiring {
-            true => None,
-            false => {
-                // The registrar moves to the new etcd: it must be able to write there, or the
-                // old lease would be given up for keys nobody can write.
-                let registering: Vec<String> = next
-                    .registrations
-                    .iter()
-                    .map(|r| instance_key(&next.etcd.prefix, &r.service, &r.id))
-                    .collect();
-                let store = &self.plane.shared().store;
-                Some(
-                    EtcdSide::start_answering(wiring, &registering, store, &self.side_metrics)
-                        .await?,
-                )
-            }
-        };
+        let (mut side, mut rescope) = (None, None);
+        if wiring != self.side.wiring && self.side.wiring.rescopes_to(&wiring) {
+            // Only the routed services changed: their watches start now and list before the
+            // commit, so a new listener has its instances the moment it opens.
+            rescope = Some(self.side.rescope(wiring, next.etcd.dial_timeout).await);
+        } else if wiring != self.side.wiring {
+            // The registrar moves to the new etcd: it must be able to write there, or the old
+            // lease would be given up for keys nobody can write.
+            let registering: Vec<String> = next
+                .registrations
+                .iter()
+                .map(|r| instance_key(&next.etcd.prefix, &r.service, &r.id))
+                .collect();
+            let store = &self.plane.shared().store;
+            side = Some(
+                EtcdSide::start_answering(wiring, &registering, store, &self.side_metrics).await?,
+            );
+        }
         Ok(Prepared {
             next,
             wanted,
             fresh,
             admin_socket,
             side,
+            rescope,
         })
     }
 
@@ -162,6 +169,7 @@ impl Running {
             mut fresh,
             admin_socket,
             side,
+            rescope,
         } = prepared;
         if next.workers != self.config.workers {
             warn!(
@@ -175,6 +183,9 @@ impl Running {
         // The etcd side first: two discoveries must not write the store at once for long.
         let registrations_changed = next.registrations != self.config.registrations
             || next.lease_ttl != self.config.lease_ttl;
+        if let Some(rescope) = rescope {
+            (changes.watches_started, changes.watches_stopped) = self.side.rescoped(rescope).await;
+        }
         if let Some(side) = side {
             // The old registrar's lease is left to expire: the new one rewrites the keys under
             // its own lease at once, so they never disappear in between. With nothing left to
@@ -188,6 +199,7 @@ impl Running {
                 None => {}
             }
             std::mem::replace(&mut self.side, side).stop().await;
+            self.side.forget_unwatched();
             changes.etcd = true;
             if !next.registrations.is_empty() {
                 let status = Arc::clone(&self.registration);

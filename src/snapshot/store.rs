@@ -131,8 +131,7 @@ impl Store {
     pub(super) fn applied(&self, revision: i64, listed: bool) {
         self.revision.store(revision, Ordering::Release);
         if listed {
-            self.synced.store(true, Ordering::Release);
-            self.cached_at.store(0, Ordering::Release);
+            self.listed();
         }
     }
 
@@ -141,6 +140,24 @@ impl Store {
     pub(super) fn restored(&self, revision: i64, written_at: u64) {
         self.revision.store(revision, Ordering::Release);
         self.cached_at.store(written_at.max(1), Ordering::Release);
+    }
+
+    /// Records that one of several watches applied `revision`: the store's revision is the
+    /// newest any of them applied.
+    pub(super) fn advanced(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Records that some snapshots come from a cache file written at `written_at`.
+    pub(super) fn cached(&self, written_at: u64) {
+        self.cached_at.store(written_at.max(1), Ordering::Release);
+    }
+
+    /// Records that the whole registry cairn watches has been listed: synced, and nothing
+    /// comes from a cache file any more.
+    pub(super) fn listed(&self) {
+        self.synced.store(true, Ordering::Release);
+        self.cached_at.store(0, Ordering::Release);
     }
 
     /// When the cache file the snapshots come from was written (Unix seconds), while they do.

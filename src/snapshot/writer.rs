@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::cell::ServiceCell;
 use super::store::Store;
+use super::watched::Watched;
 use crate::instance::Instance;
 use crate::update::{Change, Sink, Update};
 
@@ -19,6 +20,10 @@ pub struct StoreWriter {
     store: Arc<Store>,
     /// The services this writer owns.
     scope: Scope,
+    /// The scoped discovery this writer is one watch of, which reports to the store for all
+    /// of them; none when the writer reports alone (`AllBut`) or not at all (`Only`, beside
+    /// an `AllBut` writer).
+    group: Option<Arc<Watched>>,
 }
 
 /// Which services a writer owns, when several discoveries feed one store.
@@ -26,7 +31,8 @@ pub struct StoreWriter {
 pub enum Scope {
     /// Every service but these (owned by other writers). This writer's revision is the store's.
     AllBut(HashSet<String>),
-    /// This one service only.
+    /// This one service only. Beside an `AllBut` writer it leaves the store's revision
+    /// alone; as one of a scoped discovery's, its group reports it.
     Only(String),
 }
 
@@ -38,7 +44,22 @@ impl StoreWriter {
 
     /// A writer for `store` that owns the services of `scope` and leaves the others alone.
     pub fn scoped(store: Arc<Store>, scope: Scope) -> StoreWriter {
-        StoreWriter { store, scope }
+        StoreWriter {
+            store,
+            scope,
+            group: None,
+        }
+    }
+
+    /// The writer of `service` in a scoped discovery's `group`, which is not listed until it
+    /// applies a first list.
+    pub fn watched(group: &Arc<Watched>, service: &str) -> StoreWriter {
+        group.expect(service);
+        StoreWriter {
+            store: Arc::clone(group.store()),
+            scope: Scope::Only(service.to_string()),
+            group: Some(Arc::clone(group)),
+        }
     }
 
     fn owns(&self, service: &str) -> bool {
@@ -138,14 +159,17 @@ fn merge(
 
 impl Sink for StoreWriter {
     fn apply(&mut self, update: Update) {
+        let alone = matches!(self.scope, Scope::AllBut(_));
         match update {
             Update::Reset {
                 revision,
                 instances,
             } => {
                 self.reset(instances);
-                if let Scope::AllBut(_) = self.scope {
+                if alone {
                     self.store.applied(revision, true);
+                } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
+                    group.has_listed(service, revision);
                 }
             }
             Update::Cached {
@@ -154,14 +178,18 @@ impl Sink for StoreWriter {
                 written_at,
             } => {
                 self.reset(instances);
-                if let Scope::AllBut(_) = self.scope {
+                if alone {
                     self.store.restored(revision, written_at);
+                } else if let Some(group) = &self.group {
+                    group.has_restored(revision, written_at);
                 }
             }
             Update::Changes { revision, changes } => {
                 self.change(changes);
-                if let Scope::AllBut(_) = self.scope {
+                if alone {
                     self.store.applied(revision, false);
+                } else if let Some(group) = &self.group {
+                    group.has_applied(revision);
                 }
             }
         }

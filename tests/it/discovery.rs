@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, PutOptions};
 use serde_json::json;
 
-use crate::support::cairn::{config, Cairn};
+use crate::support::cairn::{config, Cairn, SCOPE_ALL};
 use crate::support::etcd::Etcd;
-use crate::support::eventually;
 use crate::support::upstream::{greeting, Tagged};
+use crate::support::{eventually, head};
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -29,13 +29,7 @@ async fn initial_sync_makes_registered_instances_routable() {
     cairn.wait_ready().await;
     let doc = cairn.services().await;
     assert_eq!(doc["synced"], json!(true));
-    let rev = kv
-        .get("/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = head(&mut kv).await;
     assert_eq!(doc["revision"], json!(rev), "{doc}");
     assert_eq!(
         doc["services"]["orders"]["instances"],
@@ -307,6 +301,18 @@ async fn routing_continues_while_etcd_is_down_and_catches_up_after() {
 
 #[tokio::test]
 async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state() {
+    compacted_while_paused(false).await;
+}
+
+#[tokio::test]
+async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state_with_scope_all() {
+    compacted_while_paused(true).await;
+}
+
+/// A node routing `c` is paused while etcd compacts past its watch; it comes back to exactly
+/// etcd's state. With scope "all" it also holds `other`, which it does not route; scoped to
+/// the routed services (the default), it never does.
+async fn compacted_while_paused(scope_all: bool) {
     // etcd drops a connection whose client stops answering pings within about 2 s, so a paused
     // cairn comes back to a closed stream and must resume from a compacted revision.
     let etcd = Etcd::start_with(&[
@@ -320,7 +326,8 @@ async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state() {
             .await
             .unwrap();
     }
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &["c"], "")).await;
+    let scope = if scope_all { SCOPE_ALL } else { "" };
+    let cairn = Cairn::start(&format!("{}{scope}", config(&etcd.endpoint(), &["c"], ""))).await;
     cairn
         .wait_instances("c", &["i-0", "i-1", "i-2", "i-3", "i-4"], SOON)
         .await;
@@ -349,13 +356,7 @@ async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state() {
     kv.put("/services/other/x", "10.0.3.1:80", None)
         .await
         .unwrap();
-    let head = kv
-        .get("/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let head = head(&mut kv).await;
     kv.compact(head, None).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cairn.signal("CONT");
@@ -382,7 +383,12 @@ async fn a_compaction_while_cairn_is_paused_ends_with_etcds_exact_state() {
         .collect();
     want.sort();
     assert_eq!(cairn.instances("c").await, want);
-    cairn.wait_instances("other", &["x"], SOON).await;
+    if scope_all {
+        cairn.wait_instances("other", &["x"], SOON).await;
+    } else {
+        let doc = cairn.services().await;
+        assert!(doc["services"].get("other").is_none(), "{doc}");
+    }
     assert!(
         cairn.metric("cairn_discovery_lists_total").await >= 2.0,
         "the compaction was not noticed, so this test did not exercise a re-list:\n{}",
@@ -430,8 +436,10 @@ async fn a_go_zero_key_outside_the_prefix_is_routed_through_its_service() {
 #[tokio::test]
 async fn readiness_turns_503_once_etcd_is_away_for_max_stale() {
     let mut etcd = Etcd::start().await;
+    // A routed service: readiness follows its watch (a node that watches nothing is never
+    // behind).
     let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\nmax_stale = \"2s\"\n",
+        "[etcd]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\nmax_stale = \"2s\"\n\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\n",
         etcd.endpoint()
     ))
     .await;
@@ -457,8 +465,12 @@ async fn a_service_gone_from_etcd_for_a_minute_leaves_services_and_metrics() {
             .await
             .unwrap();
     }
-    // "orders" has a listener; "passing" is only in the registry.
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &["orders"], "")).await;
+    // "orders" has a listener; "passing" is only in the registry, held with scope "all".
+    let cairn = Cairn::start(&format!(
+        "{}{SCOPE_ALL}",
+        config(&etcd.endpoint(), &["orders"], "")
+    ))
+    .await;
     cairn.wait_instances("passing", &["x"], SOON).await;
     cairn.wait_instances("orders", &["x"], SOON).await;
     let series = "cairn_service_instances{service=\"passing\"}";
@@ -501,7 +513,11 @@ async fn one_service_can_be_asked_for_and_an_unknown_one_is_404() {
             .await
             .unwrap();
     }
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &["orders"], "")).await;
+    let cairn = Cairn::start(&format!(
+        "{}{SCOPE_ALL}",
+        config(&etcd.endpoint(), &["orders"], "")
+    ))
+    .await;
     cairn.wait_instances("users", &["u1"], SOON).await;
     let (status, body) = cairn.get("/services?service=users").await;
     assert_eq!(status, 200, "{body}");

@@ -20,6 +20,7 @@ mod layers;
 mod operate;
 mod page;
 mod register;
+mod scope;
 mod secure;
 mod smuggling;
 mod tcp;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::browser::dump_dom;
-use crate::support::cairn::{config, Cairn};
+use crate::support::cairn::{config, Cairn, SCOPE_ALL};
 use crate::support::etcd::Etcd;
 use crate::support::upstream::{greeting, Tagged};
 use crate::support::{eventually, free_port};
@@ -106,7 +106,7 @@ async fn the_status_page_lists_two_hundred_services_and_escapes_what_it_shows() 
     )
     .await
     .unwrap();
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &[], "")).await;
+    let cairn = Cairn::start(&format!("{}{SCOPE_ALL}", config(&etcd.endpoint(), &[], ""))).await;
     cairn.wait_instances("svc-199", &["i1"], SOON).await;
     let dom = dump_dom(&format!("http://{}/", cairn.admin), 3000);
     assert_eq!(dom.matches("<details data-service=").count(), 201, "{dom}");

@@ -12,8 +12,8 @@ use cairn::registry::{Endpoint, Format};
 
 use crate::support::cairn::{run, Cairn, Proc, ADMIN};
 use crate::support::etcd::Etcd;
-use crate::support::eventually;
 use crate::support::http::{curl_status, PyUpstream};
+use crate::support::{eventually, head};
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -546,13 +546,7 @@ async fn bad_flags_and_keys_are_named_and_exit_non_zero() {
 async fn a_batch_registration_is_written_in_chunked_transactions_under_one_lease() {
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
-    let before = kv
-        .get("/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let before = head(&mut kv).await;
     let instances: Vec<Registration> = (0..300)
         .map(|i| {
             let addr = format!("10.1.{}.{}:8080", i / 250, i % 250 + 1)

@@ -7,6 +7,9 @@ use std::time::Duration;
 use etcd_client::{GetOptions, Permission};
 
 use crate::support::cairn::{run, Cairn, ADMIN};
+
+/// One routed service, so that cairn lists (and its readiness waits for) the registry.
+const ROUTED: &str = "\n[[service]]\nname = \"svc\"\nlisten = \"127.0.0.1:0\"\n";
 use crate::support::etcd::Etcd;
 use crate::support::eventually;
 use crate::support::pki::Pki;
@@ -83,9 +86,10 @@ async fn a_certificate_that_fails_verification_is_one_clear_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
-    // cairn run keeps trying, and names the member that fails verification.
+    // cairn run keeps trying, and names the member that fails verification. It routes a
+    // service, so its readiness waits on that service's list.
     let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}",
+        "[etcd]\nendpoints = [\"{}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}{ROUTED}",
         etcd.endpoint(),
         pki.other_ca.display(),
         pki.client_cert.display(),
@@ -249,7 +253,7 @@ async fn a_member_that_fails_verification_is_named_with_the_cause_not_transport_
     let etcd = Etcd::start_secure(Arc::clone(&pki), &[]).await;
     let member = etcd.endpoint();
     let cairn = Cairn::start(&format!(
-        "[etcd]\nendpoints = [\"{member}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}",
+        "[etcd]\nendpoints = [\"{member}\"]\n[etcd.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{ADMIN}{ROUTED}",
         pki.other_ca.display(),
         pki.client_cert.display(),
         pki.client_key.display()

@@ -272,12 +272,7 @@ impl Cairn {
     /// The value of one metric line (name plus labels, exactly as printed).
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("metric {series} not found in:\n{body}"))
-            .trim()
-            .parse()
-            .expect("metric values are numbers")
+        super::metric_in(&body, series)
     }
 
     /// Waits until `/readyz` is 200.
@@ -328,6 +323,10 @@ pub async fn http_get_with(
 
 /// An `[admin]` section on a port the kernel picks.
 pub const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Appended to a config: list and watch the whole registry prefix, not only the routed
+/// services, for tests about services a node holds without routing them.
+pub const SCOPE_ALL: &str = "\n[discovery]\nscope = \"all\"\n";
 
 /// A config with `[etcd]`, `[admin]` and one TCP `[[service]]` per name, every listener on a
 /// port the kernel picks, plus `extra` lines appended to each service block.

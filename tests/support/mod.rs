@@ -93,3 +93,23 @@ pub async fn cpu_share(pid: u32, window: Duration) -> f64 {
     tokio::time::sleep(window).await;
     (cpu_time(pid) - before).as_secs_f64() / window.as_secs_f64()
 }
+
+/// The value of one series (name plus labels, exactly as printed) in a Prometheus text page.
+pub fn metric_in(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("metric {series} not found in:\n{page}"))
+        .trim()
+        .parse()
+        .expect("metric values are numbers")
+}
+
+/// etcd's current revision, as the header of a read reports it.
+pub async fn head(kv: &mut etcd_client::Client) -> i64 {
+    kv.get("/", None)
+        .await
+        .expect("reading etcd")
+        .header()
+        .expect("a response header")
+        .revision()
+}
