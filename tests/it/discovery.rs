@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{GetOptions, PutOptions};
+use etcd_client::PutOptions;
 use serde_json::json;
 
 use crate::support::cairn::{config, Cairn, SCOPE_ALL};
 use crate::support::etcd::Etcd;
 use crate::support::upstream::{greeting, Tagged};
-use crate::support::{eventually, head};
+use crate::support::{etcd_instances, eventually, head};
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -364,24 +364,7 @@ async fn compacted_while_paused(scope_all: bool) {
     cairn
         .wait_instances("c", &["i-3", "i-4", "new"], SOON)
         .await;
-    let theirs = kv
-        .get("/services/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    let mut want: Vec<(String, String)> = theirs
-        .kvs()
-        .iter()
-        .filter(|kv| kv.key_str().unwrap().starts_with("/services/c/"))
-        .map(|kv| {
-            let id = kv
-                .key_str()
-                .unwrap()
-                .trim_start_matches("/services/c/")
-                .to_string();
-            (id, kv.value_str().unwrap().to_string())
-        })
-        .collect();
-    want.sort();
+    let want = etcd_instances(&mut kv, "c").await;
     assert_eq!(cairn.instances("c").await, want);
     if scope_all {
         cairn.wait_instances("other", &["x"], SOON).await;

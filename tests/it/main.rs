@@ -13,6 +13,7 @@ mod ejection;
 mod floods;
 mod framing;
 mod grpc;
+mod grpc_proxy;
 mod h2c;
 mod hostile;
 mod http;

@@ -406,3 +406,99 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// etcd's own gRPC proxy (`etcd grpc-proxy start`) in front of some members: it coalesces
+/// identical watches and lease keep-alives from many clients into one stream to etcd.
+pub struct GrpcProxy {
+    dir: TempDir,
+    port: u16,
+    /// The members it forwards to, as `host:port`.
+    members: Vec<String>,
+    child: Option<Child>,
+}
+
+impl GrpcProxy {
+    /// Starts a proxy in front of `endpoints` and waits until a write through it succeeds.
+    pub async fn start(endpoints: &[String]) -> GrpcProxy {
+        let mut proxy = GrpcProxy {
+            dir: temp_root(),
+            port: free_port(),
+            members: endpoints
+                .iter()
+                .map(|e| e.trim_start_matches("http://").to_string())
+                .collect(),
+            child: None,
+        };
+        proxy.spawn().await;
+        proxy
+    }
+
+    /// Where clients reach the proxy.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("grpc-proxy.log")
+    }
+
+    async fn spawn(&mut self) {
+        let bin = which("etcd").expect("`etcd` is on PATH (bash scripts/setup installs it)");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the proxy log");
+        let addr = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args(["grpc-proxy", "start"])
+            .arg(format!("--endpoints={}", self.members.join(",")))
+            .arg(format!("--listen-addr={addr}"))
+            .arg(format!("--advertise-client-url={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                log.try_clone().expect("duplicating the log handle"),
+            ))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning etcd grpc-proxy");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Client::connect([self.endpoint()], None).await {
+                if c.put("/cairn-test/proxy", "up", None).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the grpc-proxy did not serve within 20 s; its log:\n{}",
+                tail(&self.log_path(), 20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the proxy (SIGKILL): every client stream through it breaks.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and waits until it serves.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- grpc-proxy log ---\n{}", tail(&self.log_path(), 15));
+        }
+        self.kill();
+    }
+}

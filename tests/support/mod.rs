@@ -113,3 +113,30 @@ pub async fn head(kv: &mut etcd_client::Client) -> i64 {
         .expect("a response header")
         .revision()
 }
+
+/// The instances of `service` as etcd holds them under `/services/`: (id, raw value), sorted
+/// by id, as `Cairn::instances` shows them.
+pub async fn etcd_instances(kv: &mut etcd_client::Client, service: &str) -> Vec<(String, String)> {
+    let prefix = format!("/services/{service}/");
+    let got = kv
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("listing the service in etcd");
+    let mut all: Vec<(String, String)> = got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = kv.key_str().expect("a UTF-8 key");
+            let id = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+            (
+                id.to_string(),
+                kv.value_str().expect("a UTF-8 value").to_string(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
