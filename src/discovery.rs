@@ -16,6 +16,7 @@ mod config;
 mod etcd;
 mod freshness;
 mod metrics;
+mod shared;
 mod source;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use etcd::EtcdSource;
 use freshness::Contact;
 pub use freshness::Freshness;
 pub use metrics::DiscoveryMetrics;
+pub use shared::SharedStream;
 pub use source::{Event, Header, Kv, ListWatch, Listing, WatchMessage, WatchStream};
 
 use crate::backoff::Backoff;
@@ -118,9 +120,17 @@ struct Position {
 }
 
 impl<S: Sink> Discovery<EtcdSource, S> {
-    /// A discovery task reading `prefix` from etcd through `etcd`, delivering to `sink`.
-    pub fn new(etcd: crate::etcd::Etcd, prefix: &str, sink: S, metrics: DiscoveryMetrics) -> Self {
-        Discovery::with_source(EtcdSource::new(etcd, prefix), prefix, sink, metrics)
+    /// A discovery task reading `prefix` from etcd through `etcd`, watching on `stream` (the
+    /// node's one watch stream), delivering to `sink`.
+    pub fn new(
+        etcd: crate::etcd::Etcd,
+        stream: &SharedStream,
+        prefix: &str,
+        sink: S,
+        metrics: DiscoveryMetrics,
+    ) -> Self {
+        let source = EtcdSource::new(etcd, prefix, stream.clone());
+        Discovery::with_source(source, prefix, sink, metrics)
     }
 }
 
@@ -386,10 +396,13 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             if newest > applied {
                 applied = newest;
                 at.applied = Some(newest);
+                let count = changes.len();
                 self.sink.apply(Update::Changes {
                     revision: newest,
                     changes,
                 });
+                // After the apply: the new snapshots are what picks read from now on.
+                debug!(prefix = %self.prefix, revision = newest, changes = count, "registry changes applied");
             }
         }
     }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::args::{EtcdArgs, RegisterArgs};
-use crate::discovery::{Discovery, DiscoveryMetrics};
+use crate::discovery::{Discovery, DiscoveryMetrics, SharedStream};
 use crate::error::Error;
 use crate::etcd::{list_prefix, Etcd, EtcdConfig, EtcdError, EtcdMetrics, Kind};
 use crate::register::{default_id, Check, Probe, Registrar, Registration};
@@ -190,9 +190,16 @@ pub async fn watch(
     let etcd = etcd.resolve()?;
     let client = connect(&etcd, true).await?;
     let printer = Printer { service };
-    Discovery::new(client, &etcd.prefix, printer, DiscoveryMetrics::default())
-        .run(shutdown)
-        .await;
+    let stream = SharedStream::spawn(client.clone());
+    Discovery::new(
+        client,
+        &stream,
+        &etcd.prefix,
+        printer,
+        DiscoveryMetrics::default(),
+    )
+    .run(shutdown)
+    .await;
     Ok(())
 }
 

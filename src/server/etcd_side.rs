@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::discovery::{Discovery, DiscoveryMetrics, DiscoveryScope, Fallback};
+use crate::discovery::{Discovery, DiscoveryMetrics, DiscoveryScope, Fallback, SharedStream};
 use crate::error::Error;
 use crate::etcd::{Etcd, EtcdConfig, EtcdMetrics, Members};
 use crate::registry::service_prefix;
@@ -93,6 +93,8 @@ pub(crate) struct EtcdSide {
     own: HashMap<String, OwnWatch>,
     /// With scope `routed`, the per-service writers reporting to the store together.
     group: Option<Arc<Watched>>,
+    /// The one watch stream every discovery of this side watches on.
+    stream: SharedStream,
     /// What new tasks write to and report to.
     store: Arc<Store>,
     metrics: SideMetrics,
@@ -194,6 +196,7 @@ impl EtcdSide {
         fallback: Option<Fallback>,
     ) -> EtcdSide {
         let stop = CancellationToken::new();
+        let stream = SharedStream::spawn(etcd.clone());
         let mut tasks = vec![tokio::spawn(
             Members::new(wiring.etcd.clone(), metrics.etcd.clone()).run(stop.clone()),
         )];
@@ -205,6 +208,7 @@ impl EtcdSide {
                 tasks.push(
                     Discovery::new(
                         etcd.clone(),
+                        &stream,
                         &wiring.etcd.prefix,
                         StoreWriter::scoped(Arc::clone(store), Scope::AllBut(others)),
                         metrics.discovery.clone(),
@@ -230,6 +234,7 @@ impl EtcdSide {
             tasks,
             own: HashMap::new(),
             group,
+            stream,
             store: Arc::clone(store),
             metrics: metrics.clone(),
         };
@@ -252,6 +257,7 @@ impl EtcdSide {
         let stop = self.stop.child_token();
         let task = Discovery::new(
             self.etcd.clone(),
+            &self.stream,
             prefix,
             writer,
             self.metrics.discovery.clone(),

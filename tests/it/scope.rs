@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::cairn::{config, http_get, Cairn};
 use crate::support::etcd::Etcd;
 use crate::support::upstream::{greeting, Tagged};
-use crate::support::{head, metric_in};
+use crate::support::{eventually, head, metric_in};
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -22,6 +22,14 @@ async fn etcd_metric(etcd: &Etcd, series: &str) -> f64 {
         .await
         .expect("etcd serves /metrics");
     metric_in(&page, series)
+}
+
+/// Waits until every watch of `cairn` is open: ready only means listed.
+async fn all_open(cairn: &Cairn) {
+    eventually(SOON, "every watch is open", || async {
+        (cairn.metric("cairn_registry_connected").await == 1.0).then_some(())
+    })
+    .await;
 }
 
 /// The services `/services` shows, sorted.
@@ -67,17 +75,29 @@ async fn a_routed_node_lists_and_watches_only_its_services() {
         .await
         .unwrap();
     let watchers_before = etcd_metric(&etcd, "etcd_debugging_mvcc_watcher_total").await;
+    let streams_before = etcd_metric(&etcd, "etcd_debugging_mvcc_watch_stream_total").await;
 
-    let cairn = Cairn::start(&config(&etcd.endpoint(), &["orders"], "")).await;
+    let routed = ["orders", "noise1", "noise2"];
+    let cairn = Cairn::start(&config(&etcd.endpoint(), &routed, "")).await;
     cairn.wait_ready().await;
     assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("orders-1"));
-    assert_eq!(services(&cairn).await, ["orders"], "only what it routes");
+    assert_eq!(
+        services(&cairn).await,
+        ["noise1", "noise2", "orders"],
+        "only what it routes"
+    );
+    all_open(&cairn).await;
     assert_eq!(
         etcd_metric(&etcd, "etcd_debugging_mvcc_watcher_total").await - watchers_before,
-        1.0,
-        "one watch, of orders' prefix"
+        3.0,
+        "one watch per routed service"
     );
-    assert_eq!(cairn.metric("cairn_discovery_lists_total").await, 1.0);
+    assert_eq!(
+        etcd_metric(&etcd, "etcd_debugging_mvcc_watch_stream_total").await - streams_before,
+        1.0,
+        "all on one stream"
+    );
+    assert_eq!(cairn.metric("cairn_discovery_lists_total").await, 3.0);
 
     // A change elsewhere never reaches the node; one to orders does. Put in that order, so once
     // orders' change is seen the other would have been too, were it watched.
@@ -90,7 +110,7 @@ async fn a_routed_node_lists_and_watches_only_its_services() {
     cairn
         .wait_instances("orders", &["orders-1", "orders-2"], SOON)
         .await;
-    assert_eq!(services(&cairn).await, ["orders"]);
+    assert_eq!(services(&cairn).await, ["noise1", "noise2", "orders"]);
     let doc = cairn.services().await;
     let rev = head(&mut kv).await;
     assert_eq!(
@@ -167,6 +187,7 @@ async fn a_node_with_a_gateway_or_scope_all_holds_the_whole_prefix() {
     );
     let cairn = Cairn::start(&all).await;
     cairn.wait_ready().await;
+    all_open(&cairn).await;
     assert_eq!(services(&cairn).await, ["orders", "stock", "users"]);
     assert_eq!(
         etcd_metric(&etcd, "etcd_debugging_mvcc_watcher_total").await - watchers_before,
