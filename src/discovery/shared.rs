@@ -3,8 +3,8 @@
 //! streams; through a grpc-proxy, identical watches of many nodes then share one upstream.
 //!
 //! A task owns the stream, as etcd's own client does: it opens the stream with the first watch
-//! and adds each later one on it, matches `created` answers to creates in the order they were
-//! sent (etcd answers them in order), and routes every other answer by its watch id. A broken
+//! and adds each later one on it, one create in flight at a time (an answer to a create does
+//! not name it), and routes every other answer by its watch id. A broken
 //! stream fails every watch on it at once; each discovery task then opens its watch again from
 //! its own applied revision, and the first to do so opens a new stream (with a fresh token). A
 //! watch whose handle is dropped is canceled on the stream.
@@ -93,11 +93,15 @@ impl Drop for Watch {
     }
 }
 
-/// A watch the task has sent a create for, or that etcd created.
+/// A watch asked for, being created, or created.
 struct Entry {
     token: u64,
     prefix: String,
+    /// The revision it starts from.
+    start: i64,
     to: mpsc::UnboundedSender<Result<WatchMessage, EtcdError>>,
+    /// Closed while its create was in flight: canceled as soon as etcd names it.
+    closed: bool,
 }
 
 impl Entry {
@@ -110,12 +114,15 @@ impl Entry {
 /// The open stream and the watches on it.
 struct Stream {
     watch: etcd_client::WatchStream,
-    /// Creates sent, oldest first, waiting for their `created` answer.
-    pending: VecDeque<Entry>,
+    /// The create sent and not answered yet. etcd's grpc-proxy answers creates out of order
+    /// (one that joins a watch it already has at once, one that needs a new watch once etcd
+    /// answers it), and an answer names no create, so one is in flight at a time, as etcd's
+    /// own client does.
+    creating: Option<Entry>,
+    /// Creates not sent yet, oldest first.
+    waiting: VecDeque<Entry>,
     /// Created watches, by watch id.
     live: HashMap<i64, Entry>,
-    /// Tokens closed while their create was pending: canceled as soon as etcd names them.
-    closed: Vec<u64>,
     /// When it was opened, with the token it carries.
     opened: Instant,
 }
@@ -144,8 +151,8 @@ async fn run(mut etcd: Etcd, mut inbox: mpsc::UnboundedReceiver<Request>) {
             request = inbox.recv() => match request {
                 None => return,
                 Some(Request::Open { token, prefix, start, to }) => {
-                    let entry = Entry { token, prefix, to };
-                    stream = open(&mut etcd, stream.take(), entry, start).await;
+                    let entry = Entry { token, prefix, start, to, closed: false };
+                    stream = open(&mut etcd, stream.take(), entry).await;
                 }
                 Some(Request::Close { token }) => {
                     if let Some(s) = stream.as_mut() {
@@ -169,23 +176,17 @@ async fn run(mut etcd: Etcd, mut inbox: mpsc::UnboundedReceiver<Request>) {
 }
 
 /// Adds a watch: on `stream` when there is one, else on a new stream it opens with it.
-async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry, start: i64) -> Option<Stream> {
+async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry) -> Option<Stream> {
     if let Some(mut s) = stream {
-        let sent = s
-            .watch
-            .watch(entry.prefix.clone(), Some(options(start)))
-            .await;
-        etcd.metrics().count(Op::Watch, sent.is_ok());
-        match sent {
-            Ok(()) => {
-                s.pending.push_back(entry);
-                return Some(s);
-            }
+        s.waiting.push_back(entry);
+        return match next_create(etcd, &mut s).await {
+            Ok(()) => Some(s),
             Err(e) => {
-                // The stream is gone: fail its watches; this one opens a new one.
-                fail(s, &etcd.at(e));
+                // The stream is gone: its watches (this one too) open again on a new one.
+                fail(s, &e);
+                None
             }
-        }
+        };
     }
     // A stream carries the token it was opened with, and etcd refuses to create a watch with
     // an expired one: every new stream gets a fresh token.
@@ -197,7 +198,7 @@ async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry, start: i64)
         .client()
         .watch_client()
         .max_decoding_message_size(MAX_DECODE_BYTES)
-        .watch(entry.prefix.clone(), Some(options(start)))
+        .watch(entry.prefix.clone(), Some(options(entry.start)))
         .await;
     etcd.metrics().count(Op::Watch, opened.is_ok());
     match opened {
@@ -205,9 +206,9 @@ async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry, start: i64)
             debug!("watch stream opened");
             Some(Stream {
                 watch,
-                pending: VecDeque::from([entry]),
+                creating: Some(entry),
+                waiting: VecDeque::new(),
                 live: HashMap::new(),
-                closed: Vec::new(),
                 opened: Instant::now(),
             })
         }
@@ -216,6 +217,24 @@ async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry, start: i64)
             None
         }
     }
+}
+
+/// Sends the oldest waiting create, unless one is in flight.
+async fn next_create(etcd: &Etcd, s: &mut Stream) -> Result<(), EtcdError> {
+    if s.creating.is_some() {
+        return Ok(());
+    }
+    let Some(entry) = s.waiting.pop_front() else {
+        return Ok(());
+    };
+    let sent = s
+        .watch
+        .watch(entry.prefix.clone(), Some(options(entry.start)))
+        .await;
+    etcd.metrics().count(Op::Watch, sent.is_ok());
+    // Kept even when the send failed, so that the failure reaches it with the others.
+    s.creating = Some(entry);
+    sent.map_err(|e| etcd.at(e))
 }
 
 /// Stops routing to `token`'s watch and cancels it on the stream.
@@ -228,8 +247,10 @@ async fn close(s: &mut Stream, token: u64) {
         s.live.remove(&id);
         // A failed cancel means a broken stream, which the next answer reports.
         let _ = s.watch.cancel(id).await;
-    } else if s.pending.iter().any(|e| e.token == token) {
-        s.closed.push(token);
+    } else if let Some(entry) = s.creating.as_mut().filter(|e| e.token == token) {
+        entry.closed = true;
+    } else {
+        s.waiting.retain(|e| e.token != token);
     }
 }
 
@@ -237,36 +258,15 @@ async fn close(s: &mut Stream, token: u64) {
 async fn route(etcd: &Etcd, s: &mut Stream, resp: WatchResponse) -> Option<EtcdError> {
     let id = resp.watch_id();
     if resp.created() {
-        let Some(entry) = s.pending.pop_front() else {
+        let Some(entry) = s.creating.take() else {
             return Some(EtcdError::new(
                 "etcd answered a watch create that was never sent",
             ));
         };
-        let message = message(&resp);
-        if resp.canceled() {
-            // Refused at creation: compacted (the watch must list again) or refused.
-            entry.deliver(Ok(message));
-            // etcd checks a create against the token the stream was opened with, and says
-            // "permission denied" once it expired: only a new stream carries a fresh one. A
-            // stream that young refusing means the user really may not read the prefix.
-            if resp.cancel_reason().contains("permission denied")
-                && s.opened.elapsed() > STALE_TOKEN
-            {
-                return Some(etcd.at(EtcdError::new(resp.cancel_reason())));
-            }
-            return None;
+        if let Some(e) = created(etcd, s, entry, &resp).await {
+            return Some(e);
         }
-        if let Some(at) = s.closed.iter().position(|t| *t == entry.token) {
-            s.closed.swap_remove(at);
-            let _ = s.watch.cancel(id).await;
-            return None;
-        }
-        if entry.deliver(Ok(message)) {
-            s.live.insert(id, entry);
-        } else {
-            let _ = s.watch.cancel(id).await;
-        }
-        return None;
+        return next_create(etcd, s).await.err();
     }
     if resp.canceled() {
         if let Some(entry) = s.live.remove(&id) {
@@ -283,12 +283,46 @@ async fn route(etcd: &Etcd, s: &mut Stream, resp: WatchResponse) -> Option<EtcdE
     None
 }
 
+/// Takes etcd's answer to `entry`'s create. Returns an error when the stream must be given up.
+async fn created(
+    etcd: &Etcd,
+    s: &mut Stream,
+    entry: Entry,
+    resp: &WatchResponse,
+) -> Option<EtcdError> {
+    let message = message(resp);
+    if resp.canceled() {
+        // Refused at creation: compacted (the watch must list again) or refused.
+        entry.deliver(Ok(message));
+        // etcd checks a create against the token the stream was opened with, and says
+        // "permission denied" once it expired: only a new stream carries a fresh one. A stream
+        // that young refusing means the user really may not read the prefix.
+        if resp.cancel_reason().contains("permission denied") && s.opened.elapsed() > STALE_TOKEN {
+            return Some(etcd.at(EtcdError::new(resp.cancel_reason())));
+        }
+        return None;
+    }
+    if !entry.closed && entry.deliver(Ok(message)) {
+        s.live.insert(resp.watch_id(), entry);
+    } else {
+        let _ = s.watch.cancel(resp.watch_id()).await;
+    }
+    None
+}
+
 /// Fails every watch of a broken stream with `e`; each discovery task opens its own again.
 fn fail(s: Stream, e: &EtcdError) {
-    debug!(error = %e, watches = s.live.len() + s.pending.len(), "watch stream broken");
-    for entry in s.pending.into_iter().chain(s.live.into_values()) {
+    let all = s
+        .creating
+        .into_iter()
+        .chain(s.waiting)
+        .chain(s.live.into_values());
+    let mut watches = 0;
+    for entry in all {
         entry.deliver(Err(e.clone()));
+        watches += 1;
     }
+    debug!(error = %e, watches, "watch stream broken");
 }
 
 fn header(h: Option<&ResponseHeader>) -> Header {

@@ -44,11 +44,11 @@ async fn cairn_discovers_and_registers_through_etcds_grpc_proxy() {
     kv.put("/services/orders/orders-1", one.addr.to_string(), None)
         .await
         .unwrap();
-    let config = format!(
+    let node = format!(
         "{}\n[[register]]\nservice = \"web\"\nid = \"node-1\"\naddr = \"10.0.5.1:80\"\nttl = \"5s\"\n",
         config(&proxy.endpoint(), &["orders"], "")
     );
-    let cairn = Cairn::start(&config).await;
+    let cairn = Cairn::start(&node).await;
     cairn.wait_ready().await;
     assert_eq!(greeting(cairn.listen(0)).await.as_deref(), Some("orders-1"));
     let (lease, _) = registered(&mut kv, "/services/web/node-1").await;
@@ -57,6 +57,35 @@ async fn cairn_discovers_and_registers_through_etcds_grpc_proxy() {
     kv.put("/services/orders/orders-2", two.addr.to_string(), None)
         .await
         .unwrap();
+    cairn
+        .wait_instances("orders", &["orders-1", "orders-2"], SOON)
+        .await;
+
+    // Another node watches orders, cart and mail too (the proxy joins each to a watch it
+    // already has, for this node and for a seed node) and three services nobody watches yet
+    // (the proxy opens a watch on etcd for each). The proxy answers a joined create at once and
+    // a new one when etcd does: each watch must still get its own service's changes.
+    let seed = Cairn::start(&config(&proxy.endpoint(), &["cart", "mail"], "")).await;
+    seed.wait_ready().await;
+    let routed = ["users", "orders", "stock", "cart", "search", "mail"];
+    let other = Cairn::start(&config(&proxy.endpoint(), &routed, "")).await;
+    other.wait_ready().await;
+    other
+        .wait_instances("orders", &["orders-1", "orders-2"], SOON)
+        .await;
+    for service in routed {
+        kv.put(format!("/services/{service}/late"), "10.0.5.9:80", None)
+            .await
+            .unwrap();
+    }
+    for service in routed.iter().filter(|s| **s != "orders") {
+        other.wait_instances(service, &["late"], SOON).await;
+    }
+    other
+        .wait_instances("orders", &["late", "orders-1", "orders-2"], SOON)
+        .await;
+    kv.delete("/services/orders/late", None).await.unwrap();
+    drop((other, seed));
     cairn
         .wait_instances("orders", &["orders-1", "orders-2"], SOON)
         .await;
