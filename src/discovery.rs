@@ -343,10 +343,12 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
             };
             let message = match message {
                 Err(_) => {
+                    // Whatever carries the watch may be stuck too: say so before leaving it.
+                    stream.stale();
                     return StreamEnd::Broken(format!(
                         "no message for {}",
                         humantime::format_duration(WATCH_SILENCE)
-                    ))
+                    ));
                 }
                 Ok(Err(e)) => return StreamEnd::Broken(e.to_string()),
                 Ok(Ok(None)) => {
@@ -354,7 +356,10 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
                 }
                 Ok(Ok(Some(m))) => m,
             };
-            self.contact.contact();
+            // A refusal is an answer, but not one that keeps the watch current.
+            if !matches!(message, WatchMessage::Canceled { .. }) {
+                self.contact.contact();
+            }
             let header = match &message {
                 WatchMessage::Compacted { compact_revision } => {
                     info!(

@@ -38,6 +38,8 @@ enum Request {
     },
     /// The watch opened with `token` is no longer read.
     Close { token: u64 },
+    /// The watch opened with `token` went silent for too long: the stream may be stuck.
+    Stale { token: u64 },
 }
 
 /// One watch on the shared stream, as discovery reads it.
@@ -85,6 +87,10 @@ impl WatchStream for Watch {
             None => Ok(None),
         }
     }
+
+    fn stale(&mut self) {
+        let _ = self.requests.send(Request::Stale { token: self.token });
+    }
 }
 
 impl Drop for Watch {
@@ -125,7 +131,20 @@ struct Stream {
     live: HashMap<i64, Entry>,
     /// When it was opened, with the token it carries.
     opened: Instant,
+    /// When the create in flight was sent.
+    create_sent: Instant,
 }
+
+impl Stream {
+    /// Whether the watch opened with `token` is on this stream.
+    fn carries(&self, token: u64) -> bool {
+        self.live.values().any(|e| e.token == token)
+            || self.creating.as_ref().is_some_and(|e| e.token == token)
+    }
+}
+
+/// How long etcd may take to answer a create before the stream is given up.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A stream older than this whose create is refused may carry an expired token.
 const STALE_TOKEN: Duration = Duration::from_secs(5);
@@ -141,6 +160,10 @@ fn options(start: i64) -> WatchOptions {
 async fn run(mut etcd: Etcd, mut inbox: mpsc::UnboundedReceiver<Request>) {
     let mut stream: Option<Stream> = None;
     loop {
+        // A create etcd never answers would hold back every later one.
+        let create_due = stream
+            .as_ref()
+            .and_then(|s| s.creating.as_ref().map(|_| s.create_sent + CREATE_TIMEOUT));
         let answer = async {
             match stream.as_mut() {
                 Some(s) => Some(s.watch.message().await),
@@ -148,6 +171,13 @@ async fn run(mut etcd: Etcd, mut inbox: mpsc::UnboundedReceiver<Request>) {
             }
         };
         tokio::select! {
+            _ = crate::shutdown::until(create_due) => {
+                let e = etcd.at(EtcdError::new(format!(
+                    "a watch create was not answered within {}",
+                    humantime::format_duration(CREATE_TIMEOUT)
+                )));
+                fail(stream.take().expect("a create is in flight on an open stream"), &e);
+            }
             request = inbox.recv() => match request {
                 None => return,
                 Some(Request::Open { token, prefix, start, to }) => {
@@ -157,6 +187,14 @@ async fn run(mut etcd: Etcd, mut inbox: mpsc::UnboundedReceiver<Request>) {
                 Some(Request::Close { token }) => {
                     if let Some(s) = stream.as_mut() {
                         close(s, token).await;
+                    }
+                }
+                Some(Request::Stale { token }) => {
+                    // A watch on this stream heard nothing, not even a progress notification:
+                    // a fresh stream for all (the silent one reopens on it too).
+                    if stream.as_ref().is_some_and(|s| s.carries(token)) {
+                        let e = etcd.at(EtcdError::new("a watch on the stream went silent"));
+                        fail(stream.take().expect("checked"), &e);
                     }
                 }
             },
@@ -210,6 +248,7 @@ async fn open(etcd: &mut Etcd, stream: Option<Stream>, entry: Entry) -> Option<S
                 waiting: VecDeque::new(),
                 live: HashMap::new(),
                 opened: Instant::now(),
+                create_sent: Instant::now(),
             })
         }
         Err(e) => {
@@ -234,6 +273,7 @@ async fn next_create(etcd: &Etcd, s: &mut Stream) -> Result<(), EtcdError> {
     etcd.metrics().count(Op::Watch, sent.is_ok());
     // Kept even when the send failed, so that the failure reaches it with the others.
     s.creating = Some(entry);
+    s.create_sent = Instant::now();
     sent.map_err(|e| etcd.at(e))
 }
 
@@ -272,6 +312,11 @@ async fn route(etcd: &Etcd, s: &mut Stream, resp: WatchResponse) -> Option<EtcdE
         if let Some(entry) = s.live.remove(&id) {
             entry.deliver(Ok(message(&resp)));
         }
+        // Canceled by the server (a compaction): cancel it on our side too, as etcd's own
+        // client does, or a grpc-proxy keeps streaming its events to an id nobody reads.
+        if id >= 0 {
+            let _ = s.watch.cancel(id).await;
+        }
         return None;
     }
     if let Some(entry) = s.live.get(&id) {
@@ -294,11 +339,18 @@ async fn created(
     if resp.canceled() {
         // Refused at creation: compacted (the watch must list again) or refused.
         entry.deliver(Ok(message));
-        // etcd checks a create against the token the stream was opened with, and says
-        // "permission denied" once it expired: only a new stream carries a fresh one. A stream
-        // that young refusing means the user really may not read the prefix.
-        if resp.cancel_reason().contains("permission denied") && s.opened.elapsed() > STALE_TOKEN {
-            return Some(etcd.at(EtcdError::new(resp.cancel_reason())));
+        if resp.watch_id() >= 0 {
+            let _ = s.watch.cancel(resp.watch_id()).await;
+        }
+        // etcd checks a create against the token the stream was opened with and says
+        // "permission denied" once it expired (a grpc-proxy says "invalid auth token"): only
+        // a new stream carries a fresh one. A stream that young refusing means the user really
+        // may not read the prefix.
+        let reason = resp.cancel_reason();
+        if (reason.contains("permission denied") || reason.contains("auth token"))
+            && s.opened.elapsed() > STALE_TOKEN
+        {
+            return Some(etcd.at(EtcdError::new(reason)));
         }
         return None;
     }

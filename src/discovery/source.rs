@@ -80,4 +80,8 @@ pub trait ListWatch: Send + 'static {
 pub trait WatchStream: Send {
     /// The next message; `None` when the server closed the stream.
     fn next(&mut self) -> impl Future<Output = Result<Option<WatchMessage>, EtcdError>> + Send;
+
+    /// Says that the watch went silent for longer than etcd's progress interval, just before
+    /// it is given up: what carries it may be stuck as well.
+    fn stale(&mut self) {}
 }

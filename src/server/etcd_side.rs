@@ -328,8 +328,11 @@ impl EtcdSide {
             if let Some(old) = self.own.remove(&service) {
                 old.stop.cancel();
                 let _ = old.task.await;
-                // Only now, with its task ended, can nothing write the service again.
-                rescope.group.forget(&service);
+                // Only now, with its task ended, can nothing write the service again. One
+                // whose key moved keeps its instances until its new watch's list replaces them.
+                if !rescope.moved.iter().any(|(s, _)| *s == service) {
+                    rescope.group.forget(&service);
+                }
             }
         }
         self.own.extend(started);

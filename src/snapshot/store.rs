@@ -142,10 +142,10 @@ impl Store {
         self.cached_at.store(written_at.max(1), Ordering::Release);
     }
 
-    /// Records that one of several watches applied `revision`: the store's revision is the
-    /// newest any of them applied.
-    pub(super) fn advanced(&self, revision: i64) {
-        self.revision.fetch_max(revision, Ordering::AcqRel);
+    /// Sets the revision the snapshots reflect, when several watches feed them (the newest
+    /// they are at).
+    pub(super) fn set_revision(&self, revision: i64) {
+        self.revision.store(revision, Ordering::Release);
     }
 
     /// Records that some snapshots come from a cache file written at `written_at`.

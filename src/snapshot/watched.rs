@@ -1,8 +1,8 @@
 //! Scoped discovery's writers: one per watched service, each fed by its own watch, reporting
-//! to the store together. The store's revision is the newest any of them applied; it is synced
+//! to the store together. The store's revision is the newest their watches are at; it is synced
 //! once each has listed its service, and it stops counting as restored from a cache file then.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -13,10 +13,24 @@ use super::store::Store;
 #[derive(Debug)]
 pub struct Watched {
     store: Arc<Store>,
-    /// Services whose writer has not applied a first list yet.
-    unlisted: Mutex<HashSet<String>>,
+    state: Mutex<State>,
     /// Woken whenever a service is listed.
     listed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Services whose writer has not applied a first list yet.
+    unlisted: HashSet<String>,
+    /// The revision each service's writer applied last. A list after a restore may go back,
+    /// so the store's revision is the newest of these, not the newest ever seen.
+    revisions: HashMap<String, i64>,
+}
+
+impl State {
+    fn newest(&self) -> i64 {
+        self.revisions.values().copied().max().unwrap_or(0)
+    }
 }
 
 impl Watched {
@@ -25,7 +39,10 @@ impl Watched {
     pub fn new(store: Arc<Store>, services: &[String]) -> Arc<Watched> {
         let w = Arc::new(Watched {
             store,
-            unlisted: Mutex::new(services.iter().cloned().collect()),
+            state: Mutex::new(State {
+                unlisted: services.iter().cloned().collect(),
+                revisions: HashMap::new(),
+            }),
             listed: Notify::new(),
         });
         w.settle(&w.lock());
@@ -37,30 +54,39 @@ impl Watched {
         &self.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
-        self.unlisted.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks the store synced once nothing is left to list.
-    fn settle(&self, unlisted: &HashSet<String>) {
-        if unlisted.is_empty() {
+    fn settle(&self, state: &State) {
+        if state.unlisted.is_empty() {
             self.store.listed();
         }
+    }
+
+    /// Records `service`'s newest revision and gives the store the newest of all.
+    fn at(&self, state: &mut State, service: &str, revision: i64) {
+        state.revisions.insert(service.to_string(), revision);
+        self.store.set_revision(state.newest());
     }
 
     /// Waits for `service`'s first list too. One added after the group was made leaves the
     /// store synced: it was, once.
     pub(super) fn expect(&self, service: &str) {
-        self.lock().insert(service.to_string());
+        self.lock().unlisted.insert(service.to_string());
     }
 
     /// Stops waiting for `service` (its watch is gone) and empties it: nothing keeps its
     /// instances current any more.
     pub fn forget(&self, service: &str) {
-        let mut unlisted = self.lock();
-        unlisted.remove(service);
-        self.settle(&unlisted);
-        drop(unlisted);
+        let mut state = self.lock();
+        state.unlisted.remove(service);
+        if state.revisions.remove(service).is_some() {
+            self.store.set_revision(state.newest());
+        }
+        self.settle(&state);
+        drop(state);
         if self.store.get(service).is_some() {
             self.store.publish(service, Vec::new());
         }
@@ -68,7 +94,7 @@ impl Watched {
 
     /// Whether `service`'s writer has applied a list.
     pub fn is_listed(&self, service: &str) -> bool {
-        !self.lock().contains(service)
+        !self.lock().unlisted.contains(service)
     }
 
     /// Returns once every one of `services` is listed.
@@ -86,24 +112,24 @@ impl Watched {
 
     /// Records that `service`'s writer applied a list at `revision`.
     pub(super) fn has_listed(&self, service: &str, revision: i64) {
-        self.store.advanced(revision);
-        let mut unlisted = self.lock();
-        if unlisted.remove(service) {
-            self.settle(&unlisted);
-            drop(unlisted);
+        let mut state = self.lock();
+        self.at(&mut state, service, revision);
+        if state.unlisted.remove(service) {
+            self.settle(&state);
+            drop(state);
             self.listed.notify_waiters();
         }
     }
 
     /// Records that `service`'s writer applied changes up to `revision`.
-    pub(super) fn has_applied(&self, revision: i64) {
-        self.store.advanced(revision);
+    pub(super) fn has_applied(&self, service: &str, revision: i64) {
+        self.at(&mut self.lock(), service, revision);
     }
 
     /// Records that `service`'s writer serves a cache file written at `written_at`, at
     /// `revision`.
-    pub(super) fn has_restored(&self, revision: i64, written_at: u64) {
-        self.store.advanced(revision);
+    pub(super) fn has_restored(&self, service: &str, revision: i64, written_at: u64) {
+        self.at(&mut self.lock(), service, revision);
         self.store.cached(written_at);
     }
 }
@@ -158,6 +184,10 @@ mod tests {
         assert_eq!(store.revision(), 15);
         assert!(store.cell("a").load().is_empty());
         assert_eq!(store.cell("b").load().len(), 2, "a's writer leaves b alone");
+        // etcd restored from an older snapshot: both watches list again, at a lower revision.
+        a.apply(listing("a", 8, &["a1"]));
+        b.apply(listing("b", 8, &["b1"]));
+        assert_eq!(store.revision(), 8, "the revision follows a restore back");
     }
 
     #[test]

@@ -180,16 +180,16 @@ impl Sink for StoreWriter {
                 self.reset(instances);
                 if alone {
                     self.store.restored(revision, written_at);
-                } else if let Some(group) = &self.group {
-                    group.has_restored(revision, written_at);
+                } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
+                    group.has_restored(service, revision, written_at);
                 }
             }
             Update::Changes { revision, changes } => {
                 self.change(changes);
                 if alone {
                     self.store.applied(revision, false);
-                } else if let Some(group) = &self.group {
-                    group.has_applied(revision);
+                } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
+                    group.has_applied(service, revision);
                 }
             }
         }
