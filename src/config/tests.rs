@@ -478,25 +478,3 @@ fn the_cache_section_is_read_and_checked() {
     let e = parse("[cache]\nmax_age = \"1h\"\n").unwrap_err();
     assert!(e.message.contains("missing field `path`"), "{e}");
 }
-
-#[test]
-fn discovery_is_scoped_to_the_routed_services_unless_a_gateway_needs_them_all() {
-    let routed = parse("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7001\"\n").unwrap();
-    assert_eq!(routed.discovery, DiscoveryScope::Routed);
-    let gateway = parse("[[gateway]]\nlisten = \"127.0.0.1:7002\"\n").unwrap();
-    assert_eq!(gateway.discovery, DiscoveryScope::All);
-    let all = parse("[discovery]\nscope = \"all\"\n").unwrap();
-    assert_eq!(all.discovery, DiscoveryScope::All);
-
-    let e = parse("[discovery]\nscope = \"routed\"\n\n[[gateway]]\nlisten = \"127.0.0.1:7002\"\n")
-        .unwrap_err();
-    assert_eq!(e.line, Some(2), "{e}");
-    assert_eq!(e.key.as_deref(), Some("discovery.scope"), "{e}");
-    assert!(e.message.contains("gateway"), "{e}");
-    let e = parse("[discovery]\nscope = \"some\"\n").unwrap_err();
-    assert_eq!(e.line, Some(2), "{e}");
-    assert!(
-        e.message.contains("all") && e.message.contains("routed"),
-        "{e}"
-    );
-}
