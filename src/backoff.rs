@@ -1,6 +1,13 @@
-//! Exponential backoff with jitter, for every loop that retries etcd.
+//! Exponential backoff with jitter, for every loop that retries etcd, and the jitter that keeps
+//! a fleet's timers apart.
 
 use std::time::Duration;
+
+/// The first retry of etcd: soon, so a restarted member is picked up quickly.
+pub(crate) const RETRY_BASE: Duration = Duration::from_millis(50);
+/// The longest wait between retries of etcd: cairn is back within a second of etcd's return (a
+/// lost registration too) without flooding a struggling cluster.
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Delays that double from `base` up to `max`, each drawn uniformly from its upper half so that
 /// many cairn processes retrying one etcd do not retry in step.
@@ -20,6 +27,12 @@ impl Backoff {
         }
     }
 
+    /// The delays of every loop that retries etcd (discovery's watches, the registrar),
+    /// from [`RETRY_BASE`] to [`RETRY_MAX`].
+    pub(crate) fn etcd() -> Backoff {
+        Backoff::new(RETRY_BASE, RETRY_MAX)
+    }
+
     /// The delay before the next attempt; each call doubles the ceiling up to `max`.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self
@@ -35,6 +48,12 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
+}
+
+/// A factor from 0.9 to 1.1: a period scaled by it is ±10%, so the nodes of a fleet that
+/// started together (checks, ejections) do not act in the same second.
+pub(crate) fn jitter() -> f64 {
+    0.9 + 0.2 * rand::random::<f64>()
 }
 
 #[cfg(test)]

@@ -54,11 +54,6 @@ use crate::update::{Change, Sink, Update};
 /// reopened from the last applied revision.
 const WATCH_SILENCE: Duration = Duration::from_secs(15 * 60);
 
-/// Retry delays: start fast so a restarted member is picked up quickly, and cap at 1 s so cairn
-/// reconnects within a second of etcd's return without flooding a struggling cluster.
-const RETRY_BASE: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(1);
-
 /// The list-then-watch task for one registry prefix.
 #[derive(Debug)]
 pub struct Discovery<L, S> {
@@ -205,7 +200,7 @@ impl<L: ListWatch, S: Sink> Discovery<L, S> {
 
     /// Lists and watches until `shutdown` fires, retrying every failure with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut backoff = Backoff::etcd();
         let mut outage = Outage::default();
         let mut at = Position::default();
         let mut watches = 0u64;

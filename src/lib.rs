@@ -34,6 +34,8 @@
 //!      behind the [`discovery::ListWatch`] trait;
 //!    - [`register`]: this node's own instances under a kept-alive lease, gated on health
 //!      checks, behind the [`register::LeaseKeys`] trait;
+//!    - [`health`]: active health checks, for registrations and discovered instances alike
+//!      (its rise/fall rule, [`health::streak`], sits in the domain core);
 //!    - [`proxy`]: the TCP and HTTP data planes with one failure path;
 //!    - [`admin`]: `/healthz`, `/readyz`, `/services`, `/metrics`;
 //!    - [`cache`]: the registry persisted to a file, served at a start while etcd is away.
@@ -71,6 +73,7 @@ pub mod admin;
 pub mod cache;
 pub mod discovery;
 pub mod etcd;
+pub mod health;
 pub mod proxy;
 pub mod register;
 

@@ -14,8 +14,6 @@ use tokio::net::TcpStream;
 
 use crate::addr::Addr;
 
-pub(crate) mod grpc_health;
-
 /// The addresses this process listens on.
 #[derive(Debug, Default)]
 pub(crate) struct OwnAddrs(ArcSwap<Vec<SocketAddr>>);
@@ -39,17 +37,6 @@ impl OwnAddrs {
 /// Whether `ip` is an address of this host: binding a socket to it succeeds only then.
 fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
-}
-
-/// Connects to `addr`, resolving a hostname first.
-///
-/// # Errors
-/// The resolver's or the connect's error.
-pub(crate) async fn connect(addr: &Addr) -> io::Result<TcpStream> {
-    match addr {
-        Addr::Ip(sa) => TcpStream::connect(*sa).await,
-        Addr::Host { host, port } => TcpStream::connect((&**host, *port)).await,
-    }
 }
 
 /// Dials `addr` with TCP_NODELAY set, giving up after `timeout` (lookup included). Addresses that

@@ -8,15 +8,11 @@
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failover;
-pub(crate) mod health;
 pub(crate) mod http;
 mod judge;
 pub(crate) mod metrics;
 pub(crate) mod relay;
 pub(crate) mod tcp;
 
-pub use config::{
-    GatewayConfig, HealthCheck, HealthProbe, Limits, Protocol, RelayConfig, RouteConfig,
-    ServiceConfig,
-};
+pub use config::{GatewayConfig, Limits, Protocol, RelayConfig, RouteConfig, ServiceConfig};
 pub use metrics::{ListenerFamilies, ListenerMetrics, ListenerView};

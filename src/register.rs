@@ -17,7 +17,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use cairn::register::{Check, Probe, Registrar, Registration};
+//! use cairn::health::{Check, Probe};
+//! use cairn::register::{Registrar, Registration};
 //! use cairn::registry::{Endpoint, Format};
 //!
 //! use cairn::etcd::{Etcd, EtcdConfig, EtcdMetrics};
@@ -31,7 +32,6 @@
 //! # }
 //! ```
 
-mod check;
 mod config;
 mod etcd;
 mod handle;
@@ -52,7 +52,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use check::{Check, CheckUrl, Probe};
 pub use config::{default_id, Registration, Ttl, MAX_TTL, MIN_TTL};
 pub(crate) use config::{validate, RawRegister};
 pub use etcd::EtcdLeases;
@@ -65,11 +64,6 @@ use owned::{Desired, Leftovers, Owned};
 use crate::backoff::Backoff;
 use crate::etcd::{EtcdError, Kind, Outage};
 use crate::shutdown::{cancellable, sleep};
-
-/// Retry delays: reconnect within a second of etcd's return, so a registration lost during an
-/// outage is back quickly.
-const RETRY_BASE: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A key repaired less than this long ago is not repaired again yet: two processes fighting
 /// over one key (a misconfiguration) must not hammer etcd.
@@ -210,7 +204,7 @@ impl<K: LeaseKeys> Registrar<K> {
         let (mut checks, mut changes) = owned::spawn_checks(&owned, &stop);
         let mut lease: Option<i64> = None;
         let mut leftovers = Leftovers::default();
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut backoff = Backoff::etcd();
         let mut outage = Outage::default();
         loop {
             let established = tokio::select! {

@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::etcd::{Credentials, EndpointUrl, EtcdConfig, TlsConfig};
 use crate::field::{check_duration, HumanDuration};
-use crate::register::{CheckUrl, Ttl};
+use crate::health::check::CheckUrl;
+use crate::register::Ttl;
 use crate::registry::{Format, InstanceId, Prefix, ServiceName};
 
 /// cairn: a node-local service-discovery proxy backed by etcd.

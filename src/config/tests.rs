@@ -139,7 +139,7 @@ fn grpc_health_checks_are_read_for_services_and_registrations() {
     let h = c.services[0].health.as_ref().unwrap();
     assert_eq!(
         h.probe,
-        crate::proxy::HealthProbe::Grpc("orders.v1.Orders".into())
+        crate::health::HealthProbe::Grpc("orders.v1.Orders".into())
     );
     let check = c.registrations[0].check.as_ref().unwrap();
     assert_eq!(
@@ -355,7 +355,7 @@ fall = 2
     );
     assert_eq!((o.base_ejection_ms, o.max_ejection_ms), (10_000, 60_000));
     let h = s.health.as_ref().unwrap();
-    assert_eq!(h.probe, crate::proxy::HealthProbe::Http("/healthz".into()));
+    assert_eq!(h.probe, crate::health::HealthProbe::Http("/healthz".into()));
     assert_eq!(
         (h.interval, h.timeout),
         (Duration::from_secs(2), Duration::from_millis(500))

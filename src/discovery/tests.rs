@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fake::{pair, FakeEtcd};
 use super::*;
+use crate::backoff::{RETRY_BASE, RETRY_MAX};
 use crate::etcd::EtcdError;
 
 const CLUSTER: u64 = 7;

@@ -13,10 +13,11 @@ use crate::field::{duration, within, FieldResult, HumanDuration, Key, ListenAddr
 use crate::registry::ServiceName;
 use crate::snapshot::Policy;
 
-mod judging;
+mod outlier;
 
-pub use judging::{HealthCheck, HealthProbe};
-use judging::{RawHealth, RawOutlier};
+use crate::health::check::HealthCheck;
+use crate::health::config::RawHealth;
+use outlier::RawOutlier;
 
 /// How a listener speaks to its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

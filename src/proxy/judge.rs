@@ -52,10 +52,9 @@ fn eject(
     now: u64,
     outcome: Outcome,
 ) {
-    // ±10%, so the nodes of a fleet that ejected an instance together do not all readmit it in
-    // the same second.
-    let jitter = 0.9 + 0.2 * rand::random::<f64>();
-    let Some(until) = cell.eject(state, now, jitter) else {
+    // So the nodes of a fleet that ejected an instance together do not all readmit it in the
+    // same second.
+    let Some(until) = cell.eject(state, now, crate::backoff::jitter()) else {
         debug!(service, %addr, "instance not ejected: already out, or the service cannot spare it");
         return;
     };

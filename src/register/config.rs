@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::check::{Check, RawCheck};
 use crate::addr::Addr;
 use crate::field::{check_duration, deserialize_from_str, FieldResult, HumanDuration, Key, Lines};
+use crate::health::check::Check;
+use crate::health::config::RawCheck;
 use crate::registry::{Endpoint, Format, InstanceId, ServiceName};
 
 /// One instance to register.

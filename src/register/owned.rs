@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::check::Check;
 use super::config::Registration;
+use crate::health::check::Check;
 use crate::registry::instance_key;
 
 /// What a running registrar is to hold from a reload on: the lease TTL and the registrations.

@@ -6,6 +6,8 @@ use tokio::time::Instant;
 
 use super::fake::{pair, Call, FakeEtcd, KeepAliveEnd, WatchEnd};
 use super::*;
+use crate::backoff::{RETRY_BASE, RETRY_MAX};
+use crate::health::check::{Check, Probe};
 use crate::registry::{Endpoint, Format};
 
 const TTL: Duration = Duration::from_secs(3);

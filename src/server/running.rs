@@ -25,8 +25,8 @@ use crate::config::Config;
 use crate::discovery::DiscoveryMetrics;
 use crate::error::Error;
 use crate::etcd::EtcdMetrics;
+use crate::health::instances::HealthChecker;
 use crate::net::OwnAddrs;
-use crate::proxy::health::HealthChecker;
 use crate::proxy::http::Routes;
 use crate::proxy::ListenerFamilies;
 use crate::register::{self, Registrar, Status};
@@ -258,9 +258,8 @@ impl Running {
             .filter_map(|service| {
                 let check = service.health.clone()?;
                 let route = routes.configured(&service.name)?;
-                let own = Arc::clone(&self.plane.shared().own);
                 Some(tokio::spawn(
-                    HealthChecker::new(route, check, own).run(self.checks_stop.clone()),
+                    HealthChecker::new(route, check).run(self.checks_stop.clone()),
                 ))
             })
             .collect();

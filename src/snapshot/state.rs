@@ -4,12 +4,13 @@
 //!
 //! Time is passed in as milliseconds on the caller's clock, so the rules are pure and testable.
 
-use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::latency::Latency;
 use super::policy::Outlier;
 use super::slots::{Place, Slot};
+use crate::health::streak::AtomicStreak;
 
 /// What a report changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +42,8 @@ pub struct InstanceState {
     probation: AtomicBool,
     /// When it was last readmitted (ms), for the decay of `ejections`.
     readmitted_at: AtomicU64,
-    /// Whether active health checks say it is down.
-    check_failing: AtomicBool,
-    /// Active checks passed or failed in a row (positive: passes).
-    check_streak: AtomicI16,
+    /// What active health checks found (healthy until they say otherwise).
+    checks: AtomicStreak,
 }
 
 /// One connection or request in flight on an instance, until dropped.
@@ -127,7 +126,7 @@ impl InstanceState {
 
     /// Whether active health checks say it is down.
     pub fn checks_failing(&self) -> bool {
-        self.check_failing.load(Ordering::Relaxed)
+        !self.checks.load().healthy()
     }
 
     /// A connect succeeded at `now`.
@@ -233,26 +232,10 @@ impl InstanceState {
         false
     }
 
-    /// Records an active health check; returns the new verdict when it flipped (true: down).
+    /// Records an active health check; returns the new health when it flipped (false: out of
+    /// rotation).
     pub fn checked(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
-        let streak = self.check_streak.load(Ordering::Relaxed);
-        let streak = match (passed, streak) {
-            (true, s) if s > 0 => s.saturating_add(1),
-            (true, _) => 1,
-            (false, s) if s < 0 => s.saturating_sub(1),
-            (false, _) => -1,
-        };
-        self.check_streak.store(streak, Ordering::Relaxed);
-        let failing = self.checks_failing();
-        if failing && i32::from(streak) >= rise as i32 {
-            self.check_failing.store(false, Ordering::Relaxed);
-            Some(false)
-        } else if !failing && -i32::from(streak) >= fall as i32 {
-            self.check_failing.store(true, Ordering::Relaxed);
-            Some(true)
-        } else {
-            None
-        }
+        self.checks.record(passed, rise, fall)
     }
 }
 
@@ -338,10 +321,11 @@ mod tests {
         let s = InstanceState::new();
         assert_eq!(s.checked(false, 2, 3), None);
         assert_eq!(s.checked(false, 2, 3), None);
-        assert_eq!(s.checked(false, 2, 3), Some(true));
+        assert_eq!(s.checked(false, 2, 3), Some(false));
         assert!(s.checks_failing());
         assert_eq!(s.checked(true, 2, 3), None);
-        assert_eq!(s.checked(true, 2, 3), Some(false));
+        assert_eq!(s.checked(true, 2, 3), Some(true));
+        assert!(!s.checks_failing());
         let guard = s.begin();
         assert_eq!(s.inflight(), 1);
         drop(guard);

@@ -62,6 +62,11 @@ impl Pool {
         })
     }
 
+    /// cairn's own addresses, which this pool never dials.
+    pub(crate) fn own(&self) -> &OwnAddrs {
+        &self.own
+    }
+
     /// Sends a request that asks for an upgrade on a connection of its own, driven by a task of
     /// its own so that a `101` hands the connection over.
     ///

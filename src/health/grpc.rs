@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::Builder;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{dial, OwnAddrs};
 use crate::addr::Addr;
+use crate::net::{dial, OwnAddrs};
 
 /// The longest answer read: a health answer is a few bytes.
 const MAX_ANSWER: usize = 64 * 1024;
