@@ -5,18 +5,27 @@
 //! the grace period (then cut the rest, with a warning), then stop the background tasks
 //! (discovery, admin).
 //!
-//! - [`plane`](self::plane): the listeners as they run, handed to new settings on a reload;
-//! - `running`: what a running cairn holds, how it starts and shuts down;
+//! The parts, each with its own reload steps (`prepare` does what can fail and changes
+//! nothing; `commit` applies it):
+//! - `plane`: the data-plane listeners as they run, with the services' cells and routes;
+//!   `spec`: what a listener is across reloads, and how its socket is bound;
+//! - `endpoint`: the admin endpoint;
 //! - `etcd_side`: the etcd client and the discovery tasks;
-//! - `reload` and `reload_metrics`: what a new config changes and how, and the reload counters;
-//! - `prune`: services that left the registry are forgotten.
+//! - `registrations`: the registrar and its state.
+//!
+//! And what ties them: `running` (what a running cairn holds, how it starts and shuts down),
+//! `reload` (the order of the parts' steps, SIGTERM and SIGHUP during a reload) with
+//! `reload_metrics`, and `prune` (services that left the registry are forgotten).
 
+mod endpoint;
 mod etcd_side;
 mod plane;
 mod prune;
+mod registrations;
 mod reload;
 mod reload_metrics;
 mod running;
+mod spec;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,8 +43,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::rt::workers::Workers;
 use crate::snapshot::Store;
-use plane::Spec;
-use running::{bind, configure_cells, specs, Bound, Running};
+use plane::configure_cells;
+use running::{Bound, Running};
+use spec::{bind, specs, Spec};
 
 /// A cairn process with every socket bound, ready to run.
 #[derive(Debug)]

@@ -7,9 +7,12 @@
 //! - `routed`: one list and watch per routed service, of its own prefix (or key), and nothing
 //!   else: a node holds what it routes, whatever the registry's size.
 //!
-//! A reload that changes `[etcd]` or the scope replaces the side whole. One that only changes
-//! which services a `routed` node watches starts the new watches, waits for their first list,
-//! then stops the ones no longer routed; the others are not touched.
+//! A reload gives it a new config in two steps. [`EtcdSide::prepare`]: a change of `[etcd]` or
+//! of the scope starts a whole new side, which must answer a read of the prefix and allow the
+//! registrations' writes (or the reload is refused); a change of only the services a `routed`
+//! node watches starts the new watches and waits for their first list. [`EtcdSide::commit`]
+//! then swaps in the new side and stops the old one, or stops the watches no longer routed;
+//! the others are not touched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,7 +156,78 @@ impl Drop for Rescope {
     }
 }
 
+/// What a reload changes of the etcd side, prepared. Dropped, it changes nothing: a new side
+/// or new watches stop.
+pub(crate) enum EtcdChange {
+    /// Nothing: same etcd, same watches.
+    Unchanged,
+    /// A `routed` side's watches change; the new ones have listed.
+    Rescope(Box<Rescope>),
+    /// A new side (another `[etcd]`, or another scope), answering.
+    Replace(Box<EtcdSide>),
+}
+
+/// What a commit changed, for the reload's log line.
+#[derive(Debug, Default)]
+pub(crate) struct Rewired {
+    /// The side was replaced: the registrar must move to its client.
+    pub(crate) moved: bool,
+    /// Per-service watches started.
+    pub(crate) watches_started: usize,
+    /// Per-service watches stopped.
+    pub(crate) watches_stopped: usize,
+}
+
 impl EtcdSide {
+    /// Everything of `next` that can fail, started beside the running side: see the module's
+    /// comment. `registering` are the keys the registrar will write.
+    ///
+    /// # Errors
+    /// When a new side's client cannot be built or etcd does not answer it (unreachable,
+    /// wrong credentials, no permission to read the prefix or to write those keys).
+    pub(crate) async fn prepare(
+        &self,
+        next: &Config,
+        registering: &[String],
+    ) -> Result<EtcdChange, Error> {
+        let wiring = Wiring::of(next);
+        if wiring == self.wiring {
+            return Ok(EtcdChange::Unchanged);
+        }
+        if self.wiring.rescopes_to(&wiring) {
+            let wait = next.etcd.dial_timeout;
+            return Ok(EtcdChange::Rescope(Box::new(
+                self.rescope(wiring, wait).await,
+            )));
+        }
+        let side = EtcdSide::start_answering(wiring, registering, &self.store, &self.metrics);
+        Ok(EtcdChange::Replace(Box::new(side.await?)))
+    }
+
+    /// Applies a prepared change: the new side in, the old one stopped (and the services only
+    /// it watched emptied), or the watches changed.
+    pub(crate) async fn commit(&mut self, change: EtcdChange) -> Rewired {
+        match change {
+            EtcdChange::Unchanged => Rewired::default(),
+            EtcdChange::Rescope(rescope) => {
+                let (watches_started, watches_stopped) = self.rescoped(*rescope).await;
+                Rewired {
+                    moved: false,
+                    watches_started,
+                    watches_stopped,
+                }
+            }
+            EtcdChange::Replace(side) => {
+                std::mem::replace(self, *side).stop().await;
+                self.forget_unwatched();
+                Rewired {
+                    moved: true,
+                    ..Rewired::default()
+                }
+            }
+        }
+    }
+
     /// Connects to etcd and starts discovery into `store`; `fallback` is served if etcd does
     /// not answer a first list in time.
     ///
@@ -176,7 +250,7 @@ impl EtcdSide {
     /// # Errors
     /// When the client cannot be built, or etcd does not answer (unreachable, wrong
     /// credentials, no permission to read the prefix or to write those keys).
-    pub(crate) async fn start_answering(
+    async fn start_answering(
         wiring: Wiring,
         registering: &[String],
         store: &Arc<Store>,
@@ -275,7 +349,7 @@ impl EtcdSide {
     /// Starts the watches `next` adds to this `routed` side and waits up to `wait` for their
     /// first list, so a service a reload adds routes as soon as its listener opens. Those
     /// `next` drops are only stopped by [`EtcdSide::rescoped`].
-    pub(crate) async fn rescope(&self, next: Wiring, wait: Duration) -> Rescope {
+    async fn rescope(&self, next: Wiring, wait: Duration) -> Rescope {
         let group = Arc::clone(
             self.group
                 .as_ref()
@@ -320,7 +394,7 @@ impl EtcdSide {
     /// Takes a prepared [`Rescope`]: adopts its new watches, stops those no longer wanted and
     /// empties their services, and restarts those whose key moved. Returns how many watches
     /// started and stopped.
-    pub(crate) async fn rescoped(&mut self, mut rescope: Rescope) -> (usize, usize) {
+    async fn rescoped(&mut self, mut rescope: Rescope) -> (usize, usize) {
         let started = std::mem::take(&mut rescope.started);
         let gone = std::mem::take(&mut rescope.gone);
         let (added, removed) = (started.len() + rescope.moved.len(), gone.len());
@@ -347,7 +421,7 @@ impl EtcdSide {
     /// Empties every service this side does not watch, if it watches only the routed ones: after
     /// it replaced a side that watched more (another scope, or services a reload dropped along
     /// with a change of `[etcd]`), nothing keeps those current any more.
-    pub(crate) fn forget_unwatched(&self) {
+    fn forget_unwatched(&self) {
         let Some(group) = &self.group else {
             return;
         };

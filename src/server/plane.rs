@@ -1,5 +1,10 @@
 //! The data plane's listeners as they run: started from bound sockets, handed to new settings
 //! without closing their socket, or removed with their connections drained.
+//!
+//! A reload gives it a new config in two steps: [`Plane::prepare`] binds the sockets of the
+//! listeners it does not run yet (a port in use refuses the reload, nothing changed), and
+//! [`Plane::commit`] configures the services' cells and routes, then removes, starts and hands
+//! over listeners.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,71 +19,57 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::spec::{bind, specs, Identity, Spec};
 use crate::accept::{relisten, Caps};
+use crate::config::Config;
+use crate::error::Error;
 use crate::net::OwnAddrs;
 use crate::proxy::http::{Forwarder, HttpListener, Routes, Routing};
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{
-    GatewayConfig, Limits, ListenerFamilies, ListenerMetrics, ListenerView, Protocol, ServiceConfig,
+    Limits, ListenerFamilies, ListenerMetrics, ListenerView, Protocol, RouteConfig,
 };
 use crate::rt::workers::Workers;
 use crate::snapshot::Store;
 use crate::throttle::Throttle;
 
-/// One data-plane listener's settings: a `[[service]]` block, or the `i`-th `[[gateway]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Spec {
-    /// A local port for one service (boxed: it is much larger than a gateway's settings).
-    Service(Box<ServiceConfig>),
-    /// A Host-routed HTTP port, with its index among the gateways.
-    Gateway(usize, GatewayConfig),
-}
-
-impl Spec {
-    /// The address the config asks for.
-    pub(crate) fn listen(&self) -> SocketAddr {
-        match self {
-            Spec::Service(s) => s.listen,
-            Spec::Gateway(_, g) => g.listen,
-        }
+/// Pins and configures the cells of the services `config` names; with `previous`, unpins
+/// those it named and `config` does not.
+pub(super) fn configure_cells(store: &Store, config: &Config, previous: Option<&Config>) {
+    for service in &config.services {
+        let cell = store.cell(&service.name);
+        cell.pin(true);
+        cell.configure(service.route.policy(config.zone.clone()));
     }
-
-    /// Connections served at once, which is also the accept backlog.
-    pub(crate) fn max_connections(&self) -> usize {
-        match self {
-            Spec::Service(s) => s.limits.max_connections,
-            Spec::Gateway(_, g) => g.limits.max_connections,
-        }
-    }
-
-    /// Which listener this is across reloads: its address, or for one on port 0 (the kernel
-    /// picks the port) its service or gateway index.
-    pub(crate) fn identity(&self) -> Identity {
-        match self {
-            _ if self.listen().port() != 0 => Identity::Addr(self.listen()),
-            Spec::Service(s) => Identity::Service(s.name.to_string()),
-            Spec::Gateway(i, _) => Identity::Gateway(*i),
-        }
-    }
-
-    /// How the listener is named in errors and logs.
-    pub(crate) fn what(&self) -> String {
-        match self {
-            Spec::Service(s) => format!("service \"{}\"", s.name),
-            Spec::Gateway(i, _) => format!("gateway[{i}]"),
+    for gone in previous
+        .iter()
+        .flat_map(|p| &p.services)
+        .filter(|p| !config.services.iter().any(|s| s.name == p.name))
+    {
+        if let Some(cell) = store.get(&gone.name) {
+            cell.pin(false);
+            cell.configure(RouteConfig::default().policy(config.zone.clone()));
         }
     }
 }
 
-/// A listener's identity across reloads; see [`Spec::identity`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Identity {
-    /// A fixed address.
-    Addr(SocketAddr),
-    /// A service's listener on port 0.
-    Service(String),
-    /// A gateway on port 0.
-    Gateway(usize),
+/// A config's listeners, prepared: the sockets of the new ones bound. Dropped, they close.
+pub(crate) struct Listeners {
+    /// Every listener the config asks for, in config order.
+    wanted: Vec<Spec>,
+    /// The sockets of those not running yet.
+    fresh: HashMap<Identity, TcpListener>,
+}
+
+/// What a commit did to the listeners, for the reload's log line.
+#[derive(Debug, Default)]
+pub(crate) struct Relistened {
+    /// Listeners started.
+    pub(crate) added: usize,
+    /// Listeners removed (their connections drain).
+    pub(crate) removed: usize,
+    /// Listeners handed new settings on their socket.
+    pub(crate) changed: usize,
 }
 
 /// One running listener.
@@ -143,11 +134,6 @@ impl Plane {
     /// What the listeners share.
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
-    }
-
-    /// Whether a listener with `identity` runs.
-    pub(crate) fn has(&self, identity: &Identity) -> bool {
-        self.live.contains_key(identity)
     }
 
     /// Publishes the running listeners for the status page, in address order.
@@ -290,7 +276,7 @@ impl Plane {
     /// accepting, and the next accept already follows `spec`. Clients arriving in between wait
     /// in the socket's backlog; connections already open keep the settings they started with.
     /// Returns whether anything changed.
-    pub(crate) async fn hand_over(&mut self, spec: Spec) -> bool {
+    async fn hand_over(&mut self, spec: Spec) -> bool {
         let Some(live) = self.live.get(&spec.identity()) else {
             return false;
         };
@@ -318,7 +304,7 @@ impl Plane {
 
     /// Stops the listener with `identity`: its socket closes, its HTTP connections close
     /// gracefully, and whatever is still open after `grace` is cut.
-    pub(crate) async fn remove(&mut self, identity: &Identity, grace: Duration) {
+    async fn remove(&mut self, identity: &Identity, grace: Duration) {
         let Some(live) = self.live.remove(identity) else {
             return;
         };
@@ -337,13 +323,61 @@ impl Plane {
         });
     }
 
-    /// The identities of the running listeners that `keep` does not contain.
-    pub(crate) fn absent_from(&self, keep: &[Identity]) -> Vec<Identity> {
-        self.live
-            .keys()
+    /// Binds the sockets of the listeners `next` asks for and that do not run yet.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the listener whose address could not be bound.
+    pub(crate) fn prepare(&self, next: &Config) -> Result<Listeners, Error> {
+        let wanted = specs(next);
+        let mut fresh = HashMap::new();
+        for spec in wanted
+            .iter()
+            .filter(|s| !self.live.contains_key(&s.identity()))
+        {
+            let listener = bind(spec.listen(), spec.max_connections(), &spec.what())?;
+            fresh.insert(spec.identity(), listener);
+        }
+        Ok(Listeners { wanted, fresh })
+    }
+
+    /// Serves `next` (replacing `current`) with the prepared `listeners`: the services' cells
+    /// and routes first, so a listener started or handed over serves the new settings from its
+    /// first connection; then listeners `next` drops are removed (draining for at most
+    /// `grace`), new ones started, and changed ones handed over.
+    pub(crate) async fn commit(
+        &mut self,
+        listeners: Listeners,
+        current: &Config,
+        next: &Config,
+        grace: Duration,
+    ) -> Relistened {
+        let Listeners { wanted, mut fresh } = listeners;
+        configure_cells(&self.shared.store, next, Some(current));
+        let routes = self.shared.routes.load().renew(
+            next.services.iter().map(|s| (&s.name, &s.route)),
+            next.zone.clone(),
+        );
+        self.shared.routes.store(routes);
+        let mut done = Relistened::default();
+        let keep: Vec<Identity> = wanted.iter().map(Spec::identity).collect();
+        let gone: Vec<Identity> = (self.live.keys())
             .filter(|id| !keep.contains(id))
             .cloned()
-            .collect()
+            .collect();
+        for identity in gone {
+            self.remove(&identity, grace).await;
+            done.removed += 1;
+        }
+        for spec in wanted {
+            match fresh.remove(&spec.identity()) {
+                Some(listener) => {
+                    self.start(spec, listener);
+                    done.added += 1;
+                }
+                None => done.changed += usize::from(self.hand_over(spec).await),
+            }
+        }
+        done
     }
 
     /// Stops every listener from accepting (their sockets close) and starts the drain.

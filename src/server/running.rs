@@ -1,7 +1,6 @@
 //! A running cairn: what it holds (listeners, the admin endpoint, the etcd side, the
 //! registrar, health checks, background tasks), how it starts and how it shuts down in order.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::endpoint::Endpoint;
 use super::etcd_side::{EtcdSide, SideMetrics, Wiring};
-use super::plane::{Plane, Shared, Spec};
+use super::plane::{Plane, Shared};
 use super::prune;
+use super::registrations::Registrations;
 use super::reload_metrics::ReloadMetrics;
+use super::spec::Spec;
 use crate::admin::{Admin, Sources, StoreCollector};
 use crate::cache::CacheConfig;
 use crate::config::Config;
@@ -29,7 +31,6 @@ use crate::health::instances::HealthChecker;
 use crate::net::OwnAddrs;
 use crate::proxy::http::Routes;
 use crate::proxy::ListenerFamilies;
-use crate::register::{self, Registrar, Status};
 use crate::rt::workers::Workers;
 use crate::snapshot::Store;
 
@@ -53,33 +54,6 @@ pub(super) struct Bound {
     pub(super) workers: Workers,
 }
 
-/// The data-plane listeners a config asks for, in config order.
-pub(super) fn specs(config: &Config) -> Vec<Spec> {
-    let services = (config.services.iter().cloned()).map(|s| Spec::Service(Box::new(s)));
-    let gateways = (config.gateways.iter().cloned().enumerate()).map(|(i, g)| Spec::Gateway(i, g));
-    services.chain(gateways).collect()
-}
-
-/// Pins and configures the cells of the services `config` names; with `previous`, unpins
-/// those it named and `config` does not.
-pub(super) fn configure_cells(store: &Store, config: &Config, previous: Option<&Config>) {
-    for service in &config.services {
-        let cell = store.cell(&service.name);
-        cell.pin(true);
-        cell.configure(service.route.policy(config.zone.clone()));
-    }
-    for gone in previous
-        .iter()
-        .flat_map(|p| &p.services)
-        .filter(|p| !config.services.iter().any(|s| s.name == p.name))
-    {
-        if let Some(cell) = store.get(&gone.name) {
-            cell.pin(false);
-            cell.configure(crate::proxy::RouteConfig::default().policy(config.zone.clone()));
-        }
-    }
-}
-
 /// Everything a running cairn holds; a reload changes it in place.
 pub(super) struct Running {
     /// The config in force.
@@ -90,22 +64,14 @@ pub(super) struct Running {
     pub(super) grace: Duration,
     /// The data-plane listeners.
     pub(super) plane: Plane,
-    /// The admin endpoint's state.
-    pub(super) admin: Arc<Admin>,
-    /// Its bound address.
-    pub(super) admin_addr: SocketAddr,
-    /// Stops its accept loop.
-    pub(super) admin_stop: CancellationToken,
-    /// Its accept loop.
-    pub(super) admin_task: JoinHandle<TcpListener>,
+    /// The admin endpoint.
+    pub(super) endpoint: Endpoint,
     /// The etcd client and discovery.
     pub(super) side: EtcdSide,
     /// What every generation of it counts.
     pub(super) side_metrics: SideMetrics,
-    /// This node's registrations, when it has any.
-    pub(super) registrar: Option<register::Handle>,
-    /// The registrations' state, kept across registrars.
-    pub(super) registration: Arc<Status>,
+    /// This node's registrations.
+    pub(super) registrations: Registrations,
     /// Stops the active health checks.
     pub(super) checks_stop: CancellationToken,
     /// The active health checks.
@@ -151,19 +117,12 @@ impl Running {
             EtcdSide::start(Wiring::of(&config), &server.store, &side_metrics, fallback).await?;
 
         // Registration runs beside the proxy on its own task: neither can stop the other.
-        let registration = Arc::new(Status::new(&config.registrations));
-        registration.register(&mut registry);
-        let registrar = (!config.registrations.is_empty())
-            .then(|| registrar(&side, &config).spawn_with(Arc::clone(&registration)));
+        let registrations = Registrations::start(&side.etcd, &config, &mut registry);
         let families = ListenerFamilies::default();
         families.register(&mut registry);
         let reloads = ReloadMetrics::default();
         reloads.register(&mut registry);
 
-        let admin_addr = server
-            .admin
-            .local_addr()
-            .expect("a bound listener has a local address");
         let own = Arc::new(OwnAddrs::default());
         let routes = Routes::new(
             Arc::clone(&server.store),
@@ -188,7 +147,7 @@ impl Running {
         }
         let sources = Sources {
             listeners: Arc::clone(&plane.shared().views),
-            registration: Arc::clone(&registration),
+            registration: Arc::clone(&registrations.status),
             etcd: side_metrics.etcd.clone(),
             started,
         };
@@ -200,8 +159,8 @@ impl Running {
             shutdown,
             sources,
         ));
-        let admin_stop = CancellationToken::new();
-        let admin_task = tokio::spawn(Arc::clone(&admin).run(server.admin, admin_stop.clone()));
+        let endpoint = Endpoint::start(admin, config.admin.listen, server.admin);
+        let admin_addr = endpoint.addr;
         let background = CancellationToken::new();
         let pruning = tokio::spawn(prune::run(Arc::clone(&server.store), background.clone()));
         let mut running = Running {
@@ -209,14 +168,10 @@ impl Running {
             path: server.path,
             grace,
             plane,
-            admin,
-            admin_addr,
-            admin_stop,
-            admin_task,
+            endpoint,
             side,
             side_metrics,
-            registrar,
-            registration,
+            registrations,
             checks_stop: CancellationToken::new(),
             checks: Vec::new(),
             cache: None,
@@ -242,7 +197,7 @@ impl Running {
     /// Tells the dialer every address cairn listens on, so none is ever dialed.
     pub(super) fn own_addrs(&self) {
         let mut own = self.plane.bound();
-        own.push(self.admin_addr);
+        own.push(self.endpoint.addr);
         self.plane.shared().own.set(own);
     }
 
@@ -287,9 +242,7 @@ impl Running {
     pub(super) async fn shut_down(mut self) {
         self.plane.stop_all().await;
         // Deregister before draining, so other nodes stop sending here while open work finishes.
-        if let Some(registrar) = self.registrar.take() {
-            registrar.stop().await;
-        }
+        self.registrations.stop().await;
         let shared = self.plane.shared();
         shared.tracker.close();
         if !shared.tracker.is_empty() {
@@ -308,35 +261,11 @@ impl Running {
         for check in self.checks {
             let _ = check.await;
         }
-        self.admin_stop.cancel();
-        let _ = self.admin_task.await;
+        self.endpoint.stop().await;
         let _ = self.pruning.await;
         if let Some((_, task)) = self.cache {
             let _ = task.await;
         }
         info!("cairn stopped");
     }
-}
-
-/// A registrar of `config`'s registrations through `side`'s client.
-pub(super) fn registrar(side: &EtcdSide, config: &Config) -> Registrar {
-    Registrar::new(
-        side.etcd.clone(),
-        &config.etcd.prefix,
-        config.lease_ttl,
-        config.registrations.clone(),
-    )
-}
-
-/// Binds one listener with `backlog`, warning when other hosts can reach it.
-pub(super) fn bind(addr: SocketAddr, backlog: usize, what: &str) -> Result<TcpListener, Error> {
-    let listener = crate::accept::bind(addr, backlog).map_err(|source| Error::Bind {
-        what: what.to_string(),
-        addr,
-        source,
-    })?;
-    if !addr.ip().is_loopback() {
-        warn!(listener = what, listen = %addr, "listening on a non-loopback address: other hosts can reach this port");
-    }
-    Ok(listener)
 }

@@ -402,6 +402,38 @@ async fn sigterm_during_a_reload_stuck_on_a_frozen_etcd_exits_at_once_and_revoke
 }
 
 #[tokio::test]
+async fn a_reload_that_drops_the_registrations_does_not_wait_on_a_frozen_etcd_to_revoke() {
+    let etcd = Etcd::start().await;
+    let v1 = format!(
+        "{}{LONG_REGISTRATION}",
+        config(&etcd.endpoint(), &["svc"], "")
+    );
+    let cairn = Cairn::start(&v1).await;
+    eventually(SOON, "the registration is written", || lease_of(&etcd)).await;
+    // etcd stops answering: the revoke of the lease would wait up to 3 s for it.
+    etcd.signal("STOP");
+    let committed = cairn.reload(&config(&etcd.endpoint(), &["svc"], "")).await;
+    let log = cairn.log();
+    etcd.signal("CONT");
+    committed.unwrap_or_else(|e| panic!("the reload was refused: {e}"));
+    assert!(
+        !log.contains("revoking the lease timed out"),
+        "the reload waited for the revoke:\n{log}"
+    );
+    // Nothing is lost: once etcd answers, the revoke in the background goes through.
+    eventually(SOON, "the lease is revoked", || async {
+        lease_of(&etcd).await.is_none().then_some(())
+    })
+    .await;
+    eventually(SOON, "cairn logs the revoke", || async {
+        (cairn.log())
+            .contains("lease revoked, its keys deregistered")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_reload_to_an_etcd_that_does_not_answer_is_refused_and_sighups_meanwhile_coalesce() {
     let etcd = Etcd::start().await;
     let frozen = Etcd::start().await;
