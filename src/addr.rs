@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::field::deserialize_from_str;
+use crate::parsed::deserialize_from_str;
 
 /// A dialable instance address: an IP socket address, or a hostname resolved at connect time.
 ///

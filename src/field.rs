@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::parsed::deserialize_from_str;
+
 /// A mistake in one field: which key, where in the file, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -82,20 +84,6 @@ impl Lines<'_> {
             + 1
     }
 }
-
-/// Implements `Deserialize` through `FromStr`, so the config file and clap share one parser and
-/// one error message per field type.
-macro_rules! deserialize_from_str {
-    ($($ty:ty),+ $(,)?) => {$(
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <String as serde::Deserialize>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )+};
-}
-pub(crate) use deserialize_from_str;
 
 /// A duration written the human way: `500ms`, `5s`, `1m 30s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -21,13 +21,14 @@
 //!      delivers to;
 //!    - [`snapshot`]: immutable per-service snapshots behind `ArcSwap`, the writer that swaps
 //!      them, and the order a failed pick retries in; [`balance`]: picking policies;
-//!    - [`field`]: config field types and located errors shared by every component;
-//!      [`backoff`]: retry delays; [`text`]: outside strings made safe to print.
+//!    - [`backoff`]: retry delays and jitter; [`text`]: outside strings made safe to print;
+//!      `parsed`: values read from one string alike in the config, the flags and etcd.
 //! 2. **Runtime support**: [`shutdown`] (the root signal), `accept` (listening sockets and the
 //!    accept loop), `net` (dialing), `throttle` (one warning a second), `clock` (milliseconds
 //!    for instance states), [`rt`] (the workers, and the runtime's speed tricks with their
 //!    invariants).
-//! 3. **Components**, each owning its config section and validation:
+//! 3. **Components**, each owning its config section and validation, with [`field`] (the config
+//!    field types and located errors they share):
 //!    - [`etcd`]: the connection (TLS, the user it authenticates as), paged reads, one-line
 //!      errors, outage logging, per-call metrics and each member's health;
 //!    - [`discovery`]: list-then-watch with resume, dedup, compaction and restore recovery,
@@ -55,8 +56,8 @@
 pub mod addr;
 pub mod backoff;
 pub mod balance;
-pub mod field;
 pub mod instance;
+pub(crate) mod parsed;
 pub mod registry;
 pub mod snapshot;
 pub mod text;
@@ -73,6 +74,7 @@ pub mod admin;
 pub mod cache;
 pub mod discovery;
 pub mod etcd;
+pub mod field;
 pub mod health;
 pub mod proxy;
 pub mod register;

@@ -40,35 +40,37 @@ pub(crate) struct Sources {
     pub(crate) started: Instant,
 }
 
+// The page's JSON, one struct per object (named `…Json`, apart from the crate's own types).
+
 #[derive(Serialize)]
 struct Page<'a> {
     version: &'static str,
     uptime_seconds: u64,
-    etcd: Etcd,
-    listeners: Vec<Listener>,
-    registrations: Registrations,
-    services: Vec<Service<'a>>,
+    etcd: EtcdJson,
+    listeners: Vec<ListenerJson>,
+    registrations: RegistrationsJson,
+    services: Vec<ServiceJson<'a>>,
 }
 
 #[derive(Serialize)]
-struct Etcd {
+struct EtcdJson {
     connected: bool,
     stale_seconds: Option<u64>,
     synced: bool,
     from_cache: bool,
     revision: i64,
     cluster_id: String,
-    members: Vec<Member>,
+    members: Vec<MemberJson>,
 }
 
 #[derive(Serialize)]
-struct Member {
+struct MemberJson {
     endpoint: String,
     up: bool,
 }
 
 #[derive(Serialize)]
-struct Listener {
+struct ListenerJson {
     listen: String,
     service: String,
     protocol: &'static str,
@@ -80,22 +82,22 @@ struct Listener {
 }
 
 #[derive(Serialize)]
-struct Registrations {
+struct RegistrationsJson {
     lease: Option<String>,
     ttl_left_seconds: Option<u64>,
     refusal: Option<String>,
-    instances: Vec<Registered>,
+    instances: Vec<RegisteredJson>,
 }
 
 #[derive(Serialize)]
-struct Registered {
+struct RegisteredJson {
     service: String,
     id: String,
     registered: bool,
 }
 
 #[derive(Serialize)]
-struct Service<'a> {
+struct ServiceJson<'a> {
     name: String,
     balance: &'static str,
     total: usize,
@@ -104,11 +106,11 @@ struct Service<'a> {
     ejections: u64,
     troubled: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    instances: Option<Vec<Instance<'a>>>,
+    instances: Option<Vec<InstanceJson<'a>>>,
 }
 
 #[derive(Serialize)]
-struct Instance<'a> {
+struct InstanceJson<'a> {
     id: &'a str,
     addr: String,
     zone: Option<&'a str>,
@@ -119,12 +121,12 @@ struct Instance<'a> {
     ejected_seconds_left: Option<u64>,
 }
 
-fn instances<'a>(snapshot: &'a Snapshot, now: u64) -> Vec<Instance<'a>> {
+fn instances<'a>(snapshot: &'a Snapshot, now: u64) -> Vec<InstanceJson<'a>> {
     snapshot
         .instances()
         .iter()
         .zip(snapshot.states())
-        .map(|(i, s)| Instance {
+        .map(|(i, s)| InstanceJson {
             id: &i.id,
             addr: i.endpoint.addr.to_string(),
             zone: i.endpoint.zone.as_deref(),
@@ -165,7 +167,7 @@ pub(crate) fn json(
                 sent += 1;
                 instances(snapshot, now)
             });
-            Service {
+            ServiceJson {
                 name: name.clone(),
                 balance: cell.policy().balance.as_str(),
                 total: snapshot.len(),
@@ -183,7 +185,7 @@ pub(crate) fn json(
         .iter()
         .map(|l| {
             let m = &l.metrics;
-            Listener {
+            ListenerJson {
                 listen: l.listen.to_string(),
                 balance: store
                     .get(&l.service)
@@ -206,7 +208,7 @@ pub(crate) fn json(
     let page = Page {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: sources.started.elapsed().as_secs(),
-        etcd: Etcd {
+        etcd: EtcdJson {
             connected: freshness.is_connected(),
             stale_seconds: freshness.stale_for().map(|d| d.as_secs()),
             synced: store.synced(),
@@ -217,18 +219,18 @@ pub(crate) fn json(
                 .etcd
                 .members()
                 .into_iter()
-                .map(|(endpoint, up)| Member { endpoint, up })
+                .map(|(endpoint, up)| MemberJson { endpoint, up })
                 .collect(),
         },
         listeners,
-        registrations: Registrations {
+        registrations: RegistrationsJson {
             lease: lease.map(|(id, _)| format!("{id:x}")),
             ttl_left_seconds: lease.map(|(_, left)| left.as_secs()),
             refusal: status.refusal(),
             instances: status
                 .registrations()
                 .into_iter()
-                .map(|(service, id, registered)| Registered {
+                .map(|(service, id, registered)| RegisteredJson {
                     service,
                     id,
                     registered,

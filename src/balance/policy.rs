@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::field::deserialize_from_str;
+use crate::parsed::deserialize_from_str;
 
 /// How an instance is chosen among a service's usable instances. Every policy follows the
 /// instances' weights.

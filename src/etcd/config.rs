@@ -10,7 +10,8 @@ use toml::Spanned;
 
 use super::credentials::Credentials;
 use super::tls::{RawTls, TlsConfig};
-use crate::field::{deserialize_from_str, duration, FieldResult, HumanDuration, Key};
+use crate::field::{duration, FieldResult, HumanDuration, Key};
+use crate::parsed::deserialize_from_str;
 use crate::registry::Prefix;
 
 /// How to reach etcd and where the registry lives in it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::addr::Addr;
-use crate::field::deserialize_from_str;
+use crate::parsed::deserialize_from_str;
 
 /// What a registration's check probes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::addr::Addr;
-use crate::field::{check_duration, deserialize_from_str, FieldResult, HumanDuration, Key, Lines};
+use crate::field::{check_duration, FieldResult, HumanDuration, Key, Lines};
 use crate::health::check::Check;
 use crate::health::config::RawCheck;
+use crate::parsed::deserialize_from_str;
 use crate::registry::{Endpoint, Format, InstanceId, ServiceName};
 
 /// One instance to register.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::str::FromStr;
 
-use crate::field::deserialize_from_str;
+use crate::parsed::deserialize_from_str;
 
 /// A service name: one registry key segment, also usable as a Host label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use crate::addr::Addr;
-use crate::field::deserialize_from_str;
+use crate::parsed::deserialize_from_str;
 
 /// The value formats found in the wild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

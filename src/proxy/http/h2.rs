@@ -77,16 +77,16 @@ impl Conn {
 
 /// A stream counted on its connection until dropped (with the response body it rides in).
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+struct OpenStream(Arc<AtomicUsize>);
 
-impl Slot {
-    fn take(streams: &Arc<AtomicUsize>) -> Slot {
+impl OpenStream {
+    fn take(streams: &Arc<AtomicUsize>) -> OpenStream {
         streams.fetch_add(1, Ordering::Relaxed);
-        Slot(Arc::clone(streams))
+        OpenStream(Arc::clone(streams))
     }
 }
 
-impl Drop for Slot {
+impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -96,7 +96,7 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub(crate) struct StreamBody {
     body: Incoming,
-    slot: Option<Slot>,
+    slot: Option<OpenStream>,
 }
 
 impl Body for StreamBody {
@@ -166,7 +166,7 @@ impl H2Conns {
                     Err(cause) => return Err(CallError::Unsent(cause, Box::new(req))),
                 },
             };
-            let slot = Slot::take(&conn.streams);
+            let slot = OpenStream::take(&conn.streams);
             let mut sender = conn.sender;
             match sender.try_send_request(req).await {
                 Ok(resp) => {

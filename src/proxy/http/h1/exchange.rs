@@ -165,7 +165,7 @@ impl<'a> Exchange<'a> {
                 Ok((up, read, head, _)) => {
                     attempts.answered(&addr, head.status);
                     // The request stays in flight on its instance until the body has been sent.
-                    let idle = Idle {
+                    let idle = IdleTimer {
                         after: site.limits.idle_timeout,
                         deadline: timer,
                     };
@@ -203,7 +203,7 @@ impl<'a> Exchange<'a> {
         mut read: BytesMut,
         head: ResponseHead,
         close: bool,
-        mut idle: Idle<'_>,
+        mut idle: IdleTimer<'_>,
         pool: &Arc<Pool>,
         addr: Addr,
     ) -> Result<bool, BadChunk> {
@@ -278,7 +278,7 @@ impl<'a> Exchange<'a> {
         e.count(site.metrics);
         let close = close || self.drained.is_set();
         write_answer(&mut self.out, e.status(), &e.line(), close);
-        let mut idle = Idle {
+        let mut idle = IdleTimer {
             after: site.limits.idle_timeout,
             deadline: timer,
         };
@@ -290,12 +290,12 @@ impl<'a> Exchange<'a> {
 /// client that has to wait may wait `after`, then the exchange ends. The deadline is set only
 /// when one has to wait, so an exchange whose reads and writes all complete at once reads no
 /// clock and touches no timer.
-struct Idle<'d> {
+struct IdleTimer<'d> {
     after: Duration,
     deadline: &'d mut Deadline,
 }
 
-impl Idle<'_> {
+impl IdleTimer<'_> {
     /// Writes `bytes` to `io`, giving up when the client takes nothing for the timeout.
     async fn write(&mut self, io: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
