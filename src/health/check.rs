@@ -5,6 +5,7 @@
 //! [`Streak`]: super::streak::Streak
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -96,8 +97,102 @@ impl FromStr for CheckUrl {
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
             return Err(format!("URL {s:?} must be http://host:port/path"));
         }
+        // Refused now rather than failing every probe.
+        HttpTarget::of(&uri).map_err(|e| format!("URL {s:?}: {e}"))?;
         Ok(CheckUrl(uri))
     }
 }
 
 deserialize_from_str!(CheckUrl);
+
+/// Where an `http://` check URL's `GET` goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct HttpTarget {
+    /// The address dialed: the URL's host and port (80 when it names none); an unspecified
+    /// IP (`0.0.0.0`, `[::]`) is this host, as a connect to it is on Linux.
+    pub(crate) addr: Addr,
+    /// The Host header: the host, and the port unless it is 80 (as browsers and hyper write it).
+    pub(crate) host: String,
+    /// The request target: the path (`/` when empty) and the query.
+    pub(crate) target: String,
+}
+
+impl HttpTarget {
+    /// The target of `uri`, which names a host (a user and password before it are left out).
+    ///
+    /// # Errors
+    /// A host that is no IP and no valid DNS name.
+    pub(crate) fn of(uri: &Uri) -> Result<HttpTarget, String> {
+        let host = uri.host().ok_or("the URL names no host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<IpAddr>();
+        let addr = match ip {
+            Ok(ip) if ip.is_unspecified() && ip.is_ipv4() => {
+                Addr::Ip(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            }
+            Ok(ip) if ip.is_unspecified() => {
+                Addr::Ip(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))
+            }
+            Ok(ip) => Addr::Ip(SocketAddr::from((ip, port))),
+            Err(_) => format!("{host}:{port}").parse()?,
+        };
+        let host = match port {
+            80 => host.to_string(),
+            port => format!("{host}:{port}"),
+        };
+        let target = match uri.query() {
+            Some(query) => format!("{}?{query}", uri.path()),
+            None => uri.path().to_string(),
+        };
+        Ok(HttpTarget { addr, host, target })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Result<(String, String, String), String> {
+        let uri: Uri = url.parse().unwrap();
+        HttpTarget::of(&uri).map(|t| (t.addr.to_string(), t.host, t.target))
+    }
+
+    #[test]
+    fn a_check_url_is_dialed_and_asked_as_hyper_would_ask_it() {
+        let cases = [
+            (
+                "http://127.0.0.1:8080/health",
+                ("127.0.0.1:8080", "127.0.0.1:8080", "/health"),
+            ),
+            (
+                "http://localhost/h?deep=1",
+                ("localhost:80", "localhost", "/h?deep=1"),
+            ),
+            ("http://svc.local:80/", ("svc.local:80", "svc.local", "/")),
+            ("http://h:8080?ready=1", ("h:8080", "h:8080", "/?ready=1")),
+            ("http://h:8080", ("h:8080", "h:8080", "/")),
+            ("http://[::1]:9000/x", ("[::1]:9000", "[::1]:9000", "/x")),
+            (
+                "http://0.0.0.0:8080/h",
+                ("127.0.0.1:8080", "0.0.0.0:8080", "/h"),
+            ),
+            ("http://[::]:8080/h", ("[::1]:8080", "[::]:8080", "/h")),
+            ("http://user:pw@h:81/h", ("h:81", "h:81", "/h")),
+        ];
+        for (url, (addr, host, path)) in cases {
+            let want = (addr.to_string(), host.to_string(), path.to_string());
+            assert_eq!(target(url), Ok(want), "{url}");
+            assert!(url.parse::<CheckUrl>().is_ok(), "{url}");
+        }
+        // A URL the http crate takes but no connect could reach is refused at load.
+        assert!(target("http://a..b:80/").is_err());
+        assert!("http://a..b:80/".parse::<CheckUrl>().is_err());
+        for bad in ["https://h/", "h:80/x", "http:///x"] {
+            assert!(bad.parse::<CheckUrl>().is_err(), "{bad}");
+        }
+    }
+}

@@ -7,10 +7,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use http_body_util::{BodyExt, Limited};
 
-use super::check::{HealthProbe, Probe};
+use super::check::{HealthProbe, HttpTarget, Probe};
 use super::grpc;
 use crate::addr::Addr;
 use crate::net::{dial, OwnAddrs};
@@ -52,9 +51,8 @@ impl Prober {
             match probe {
                 Probe::Tcp(addr) => self.connect(addr).await,
                 Probe::Http(uri) => {
-                    let (addr, host) = authority(uri)?;
-                    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-                    self.get(&addr, host.as_bytes(), path).await
+                    let to = HttpTarget::of(uri)?;
+                    self.get(&to.addr, to.host.as_bytes(), &to.target).await
                 }
                 Probe::Grpc(addr, service) => self.grpc(addr, service).await,
                 Probe::Exec(argv) => exec(argv).await,
@@ -124,17 +122,6 @@ impl Prober {
             Err(format!("answered {status}"))
         }
     }
-}
-
-/// Where an `http://` check URL points, and the Host it names (port 80 when it gives none).
-fn authority(uri: &Uri) -> Result<(Addr, String), String> {
-    let authority = uri.authority().ok_or("the URL names no host")?;
-    let host = authority.as_str().to_string();
-    let addr = match authority.port_u16() {
-        Some(_) => host.parse(),
-        None => format!("{host}:80").parse(),
-    };
-    Ok((addr.map_err(|e| format!("URL {uri}: {e}"))?, host))
 }
 
 /// Runs `argv` with no input or output; healthy when it exits 0.

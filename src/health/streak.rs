@@ -26,7 +26,8 @@ impl Streak {
         self.healthy
     }
 
-    /// Records one result; returns the new health when it flipped.
+    /// Records one result; returns the new health when it flipped. Runs are counted up to
+    /// 32 767, and a threshold above that counts as 32 767.
     pub fn record(&mut self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
         self.run = match (passed, self.run) {
             (true, r) if r > 0 => r.saturating_add(1),
@@ -34,10 +35,10 @@ impl Streak {
             (false, r) if r < 0 => r.saturating_sub(1),
             (false, _) => -1,
         };
-        let run = i64::from(self.run);
+        let (run, most) = (i64::from(self.run), i64::from(i16::MAX));
         let flips = match self.healthy {
-            true => -run >= i64::from(fall),
-            false => run >= i64::from(rise),
+            true => -run >= i64::from(fall).min(most),
+            false => run >= i64::from(rise).min(most),
         };
         if flips {
             self.healthy = !self.healthy;
@@ -127,5 +128,9 @@ mod tests {
         }
         assert!(!atomic.load().healthy());
         assert_eq!(atomic.record(true, 1, 1), Some(true));
+        // A threshold past what a run counts to still flips, once the run is at its top.
+        let mut huge = Streak::new(true);
+        let flipped = (0..40_000).find_map(|_| huge.record(false, 1, u32::MAX));
+        assert_eq!(flipped, Some(false));
     }
 }
