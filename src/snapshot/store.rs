@@ -127,28 +127,14 @@ impl Store {
         removed
     }
 
-    /// Records that every update up to `revision` is applied; `listed` after a full list.
-    pub(super) fn applied(&self, revision: i64, listed: bool) {
-        self.revision.store(revision, Ordering::Release);
-        if listed {
-            self.listed();
-        }
-    }
-
-    /// Records that the snapshots come from a cache file written at `written_at` (Unix
-    /// seconds), at `revision`.
-    pub(super) fn restored(&self, revision: i64, written_at: u64) {
-        self.revision.store(revision, Ordering::Release);
-        self.cached_at.store(written_at.max(1), Ordering::Release);
-    }
-
-    /// Sets the revision the snapshots reflect, when several watches feed them (the newest
-    /// they are at).
+    /// Records that every update up to `revision` is applied (when several watches feed the
+    /// snapshots, the newest revision they are at).
     pub(super) fn set_revision(&self, revision: i64) {
         self.revision.store(revision, Ordering::Release);
     }
 
-    /// Records that some snapshots come from a cache file written at `written_at`.
+    /// Records that some snapshots come from a cache file written at `written_at` (Unix
+    /// seconds).
     pub(super) fn cached(&self, written_at: u64) {
         self.cached_at.store(written_at.max(1), Ordering::Release);
     }

@@ -167,7 +167,8 @@ impl Sink for StoreWriter {
             } => {
                 self.reset(instances);
                 if alone {
-                    self.store.applied(revision, true);
+                    self.store.set_revision(revision);
+                    self.store.listed();
                 } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
                     group.has_listed(service, revision);
                 }
@@ -179,7 +180,8 @@ impl Sink for StoreWriter {
             } => {
                 self.reset(instances);
                 if alone {
-                    self.store.restored(revision, written_at);
+                    self.store.set_revision(revision);
+                    self.store.cached(written_at);
                 } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
                     group.has_restored(service, revision, written_at);
                 }
@@ -187,7 +189,7 @@ impl Sink for StoreWriter {
             Update::Changes { revision, changes } => {
                 self.change(changes);
                 if alone {
-                    self.store.applied(revision, false);
+                    self.store.set_revision(revision);
                 } else if let (Some(group), Scope::Only(service)) = (&self.group, &self.scope) {
                     group.has_applied(service, revision);
                 }
